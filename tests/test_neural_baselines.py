@@ -96,3 +96,53 @@ def test_cli_train_then_evaluate_run(name, tmp_path, capsys):
     for k in ("recall@3", "recall@20", "mrr@3", "mrr@20"):
         assert 0.0 <= out["metrics"][k] <= 100.0
     assert out["metrics"]["recall@20"] > 0.0
+
+
+def _layout_losses(model, seqs):
+    from tfrec.data.pipelines import Batcher
+    from tfrec.models.base import masked_sparse_ce
+
+    b = Batcher(seqs)
+    xs, ys = b.sequence_batch(np.arange(len(seqs)))
+    s_idx, pos = seqs.target_index()
+    xp, yp = b.prefix_batch(s_idx, pos)
+    return (float(masked_sparse_ce(ys, model.sequence_logits(xs))),
+            float(masked_sparse_ce(yp, model.prefix_logits(xp))), model.sequence_logits(xs), xs)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "linear"])
+def test_stamp_prefix_parallel_equals_prefix_augmented(activation):
+    seqs = SequenceSet.from_lists([[1, 2, 3, 4, 5, 6], [2, 7, 4], [7, 8, 9, 10, 11], [3, 4]])
+    model = registry.get("stamp").cls(num_items=12, embedding_dim=6, layout="sequence",
+                                      score_activation=activation, seed=4)
+    seq_loss, prefix_loss, logits, xs = _layout_losses(model, seqs)
+    assert seq_loss == pytest.approx(prefix_loss, rel=1e-5)
+    # position t of the sequence pass scores exactly the prefix items[:t + 1]
+    items = np.asarray(xs["items"])
+    one = model.prefix_logits({"items": items[:1, :3]})
+    np.testing.assert_allclose(np.asarray(logits)[0, 2], np.asarray(one)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_target_normalizer_is_a_base_option_for_every_sequence_model():
+    from tfrec.models.base import masked_sparse_ce
+
+    seqs = SequenceSet.from_lists([[1, 2, 3, 4, 5, 6], [2, 7, 4], [7, 8, 9, 10, 11]])
+    from tfrec.data.pipelines import Batcher
+
+    xs, ys = Batcher(seqs).sequence_batch(np.arange(len(seqs)))
+    n = int((ys != 0).sum())
+    for name, kw in [("stamp", {"embedding_dim": 6}),
+                     ("hcrnn", {"embedding_dim": 6, "hidden": 6, "num_contexts": 3, "inference_units": 4,
+                                "kl_weight": 0.0})]:
+        cls = registry.get(name).cls
+        plain = cls(num_items=12, layout="sequence", seed=1, **kw)
+        fixed = cls(num_items=12, layout="sequence", seed=1, target_normalizer=4 * n, **kw)
+        logits = plain.sequence_logits(xs)
+        assert float(plain.compute_loss(y=ys, y_pred=logits)) == pytest.approx(
+            float(masked_sparse_ce(ys, logits)), rel=1e-6)
+        assert float(fixed.compute_loss(y=ys, y_pred=logits)) == pytest.approx(
+            float(masked_sparse_ce(ys, logits)) / 4, rel=1e-5)
+        assert fixed.get_config()["target_normalizer"] == 4 * n
+        assert cls.from_config(fixed.get_config()).target_normalizer == 4 * n
+    with pytest.raises(ValueError, match="target_normalizer must be > 0 or None, got 0"):
+        registry.get("stamp").cls(num_items=12, target_normalizer=0)

@@ -131,10 +131,12 @@ def scale_for_replicas(loss):
     return loss if n == 1 else loss * (1.0 / n)
 
 
-def masked_sparse_ce(y_true, logits, sample_weight=None):
+def masked_sparse_ce(y_true, logits, sample_weight=None, normalizer=None):
     """Mean sparse cross-entropy over entries whose target is not 0.
 
-    Works for ``[B]``/``[B, N]`` and ``[B, T]``/``[B, T, N]``.
+    Works for ``[B]``/``[B, N]`` and ``[B, T]``/``[B, T, N]``. With ``normalizer``
+    the summed cross-entropy is divided by that constant instead of by the batch's
+    number of targets (see ``target_normalizer`` of :class:`SequentialRecommender`).
     """
     y_true = ops.cast(y_true, "int32")
     logits = ops.cast(logits, "float32")
@@ -142,6 +144,8 @@ def masked_sparse_ce(y_true, logits, sample_weight=None):
     w = ops.cast(ops.not_equal(y_true, 0), "float32")
     if sample_weight is not None:
         w = w * ops.cast(sample_weight, "float32")
+    if normalizer:
+        return ops.sum(ce * w) / float(normalizer)
     return ops.divide_no_nan(ops.sum(ce * w), ops.sum(w))
 
 
@@ -158,6 +162,14 @@ class SequentialRecommender(keras.Model, Recommender):
         layout: ``"prefix"`` (prefix-augmented samples) or ``"sequence"``
             (prefix-parallel; causal models only).
         batch_size, bucket: training batch size and length bucketing.
+        target_normalizer: with ``layout="sequence"``, divide the summed training
+            cross-entropy by this constant (e.g. 512) instead of by the batch's
+            number of targets. Length-bucketed sequence batches hold very
+            different numbers of targets (short sequences: few; long: many); a
+            per-batch mean gives each target of a short sequence several times the
+            weight of one of a long sequence, whereas a constant weights every
+            target equally, as prefix-augmented batches of that size do.
+            ``None``: per-batch mean.
 
     ``fit`` accepts a :class:`~tfrec.data.SequenceDataset` in place of ``x``: it
     builds the training pipeline, validates with full ranking on ``valid`` every
@@ -168,7 +180,8 @@ class SequentialRecommender(keras.Model, Recommender):
     """
 
     def __init__(self, num_items: int, layout: str = "prefix", batch_size: int = 512,
-                 bucket: bool = True, seed: int = 0, **kwargs):
+                 bucket: bool = True, seed: int = 0, target_normalizer: Optional[float] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if num_items < 2:
             raise ValueError(f"num_items must be >= 2 (padding + 1 item), got {num_items}")
@@ -184,6 +197,9 @@ class SequentialRecommender(keras.Model, Recommender):
         self.batch_size = int(batch_size)
         self.bucket = bool(bucket)
         self.seed = int(seed)
+        if target_normalizer is not None and float(target_normalizer) <= 0:
+            raise ValueError(f"target_normalizer must be > 0 or None, got {target_normalizer!r}")
+        self.target_normalizer = None if target_normalizer is None else float(target_normalizer)
         self.best_epoch: Optional[int] = None
         self.best_metrics: dict = {}
 
@@ -217,7 +233,8 @@ class SequentialRecommender(keras.Model, Recommender):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Masked cross-entropy plus every ``add_loss`` term (e.g. KL), scaled for
         the replicas of a ``tf.distribute`` strategy as Keras' own losses are."""
-        loss = masked_sparse_ce(y, y_pred, sample_weight)
+        normalizer = self.target_normalizer if y is not None and len(y.shape) >= 2 else None
+        loss = masked_sparse_ce(y, y_pred, sample_weight, normalizer)
         extra = self.losses
         if extra:
             loss = loss + ops.sum(ops.stack([ops.cast(e, "float32") for e in extra]))
@@ -299,4 +316,4 @@ class SequentialRecommender(keras.Model, Recommender):
 
     def get_config(self):
         return {"num_items": self.num_items, "layout": self.layout, "batch_size": self.batch_size,
-                "bucket": self.bucket, "seed": self.seed}
+                "bucket": self.bucket, "seed": self.seed, "target_normalizer": self.target_normalizer}

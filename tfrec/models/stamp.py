@@ -31,11 +31,18 @@ class STAMP(SequentialRecommender):
     (``sigmoid`` before the softmax); ``"linear"`` uses the raw trilinear scores.
     The attention weights are not normalised (as in the paper). No dropout.
 
+    STAMP is causal: the scores after position ``t`` use items ``1..t`` only. So it
+    also trains prefix-parallel (``layout="sequence"``, whole sequences with a target
+    at every step, attention under a causal mask), the same objective as prefix
+    augmentation (tested), in one pass per sequence instead of one per prefix; set
+    ``target_normalizer`` with length-bucketed batches (see
+    :class:`~tfrec.models.base.SequentialRecommender`).
+
     Args:
         num_items: classes including padding 0.
         embedding_dim: item embedding size (100).
         score_activation: ``"sigmoid"`` or ``"linear"``.
-        **kwargs: ``batch_size``, ``bucket``, ``seed``.
+        **kwargs: ``layout``, ``batch_size``, ``bucket``, ``seed``, ``target_normalizer``.
 
     Example:
 
@@ -46,6 +53,7 @@ class STAMP(SequentialRecommender):
     """
 
     probabilistic = True
+    causal = True
 
     def __init__(self, num_items, embedding_dim: int = 100, score_activation: str = "sigmoid",
                  **kwargs):
@@ -74,7 +82,25 @@ class STAMP(SequentialRecommender):
         pre = self.w1(x) + ops.expand_dims(self.w2(x_t) + self.w3(m_s), 1)
         a = ops.squeeze(self.w0(ops.sigmoid(pre)), -1) * ops.cast(mask, "float32")  # eq. 7
         m_a = ops.sum(ops.expand_dims(a, -1) * x, axis=1)  # eq. 8
-        h = self.mlp_s(m_a) * self.mlp_t(x_t)
+        return self.decode(self.mlp_s(m_a) * self.mlp_t(x_t), training=training)
+
+    def encode_sequence(self, inputs, training=False):
+        """``h_s * h_t`` after every position ``[B, T, d]``: position ``t`` attends
+        over items ``1..t`` with ``m_s`` the mean of those items and ``x_t`` itself."""
+        items = inputs["items"]
+        mask = ops.cast(ops.not_equal(items, 0), "float32")  # [B, T]
+        x = self.item_embedding(items) * ops.expand_dims(mask, -1)
+        m_s = ops.cumsum(x, axis=1) / ops.expand_dims(ops.maximum(ops.cumsum(mask, axis=1), 1.0), -1)
+        query = self.w2(x) + self.w3(m_s)  # [B, T, d], one per position t
+        pre = ops.expand_dims(self.w1(x), 1) + ops.expand_dims(query, 2)  # [B, T(t), T(i), d]
+        t = ops.shape(items)[1]
+        causal = ops.cast(ops.greater_equal(ops.expand_dims(ops.arange(t), 1),
+                                            ops.expand_dims(ops.arange(t), 0)), "float32")  # i <= t
+        a = ops.squeeze(self.w0(ops.sigmoid(pre)), -1) * causal * ops.expand_dims(mask, 1)
+        m_a = ops.matmul(a, x)  # [B, T, d]
+        return self.mlp_s(m_a) * self.mlp_t(x)
+
+    def decode(self, h, training=False):
         z = ops.matmul(h, ops.transpose(self.item_embedding.embeddings))
         if self.score_activation == "sigmoid":
             # "* 1.0": Keras' CE would otherwise find the pre-sigmoid tensor behind
