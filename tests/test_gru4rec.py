@@ -173,3 +173,69 @@ def test_target_normalizer_divides_summed_loss_by_a_constant():
     c = float(fixed.compute_loss(y=ys, y_pred=logits))
     assert c == pytest.approx(a / 2, rel=1e-5)
     assert fixed.get_config()["target_normalizer"] == 2 * n
+
+
+# ------------------------------------------------------------ O(1) serving step
+STEP_MODELS = {
+    "gru4rec_ce": lambda: GRU4RecCE(num_items=10, embedding_dim=5, units=6, seed=1),
+    "lstm4rec": lambda: LSTM4Rec(num_items=10, embedding_dim=5, units=6, seed=1),
+    "gru4rec": lambda: GRU4Rec(num_items=10, units=6, batch_size=2, seed=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEP_MODELS))
+def test_step_from_initial_state_equals_scoring_the_prefix(name):
+    model = STEP_MODELS[name]()
+    rng = np.random.default_rng(0)
+    items = rng.integers(1, 10, (3, 6)).astype("int32")
+    model.score_prefix_batch({"items": items[:, :1]})  # builds lazily created weights
+    state = model.initial_state(3)
+    assert all(tuple(s.shape) == (3, model.units) for s in state)
+    assert len(state) == (2 if name == "lstm4rec" else 1)
+    for t in range(items.shape[1]):
+        logits, state = model.step(state, {"items": ops.convert_to_tensor(items[:, t])})
+        want = model.score_prefix_batch({"items": items[:, : t + 1]})
+        np.testing.assert_allclose(ops.convert_to_numpy(logits), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{name} step {t}")
+    # the state carries the history: the last scores differ from a one-item history
+    one = model.score_prefix_batch({"items": items[:, -1:]})
+    assert np.abs(ops.convert_to_numpy(logits) - one).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(STEP_MODELS))
+def test_exported_step_signature_is_o1_and_matches_prefix_scores(name, tmp_path):
+    import json
+    import os
+
+    import tensorflow as tf
+
+    from tfrec.data import simulate_sessions
+    from tfrec.models import registry
+    from tfrec.savedmodels import export
+    from tfrec.savedmodels.export import EXPORT_INFO
+
+    data = simulate_sessions(num_users=40, seed=0)
+    keras.utils.set_random_seed(0)
+    model = registry.build(name, data, **registry.get(name).test_config)
+    path = export(model, str(tmp_path / name), data=data, warmup=False)
+    info = json.load(open(os.path.join(path, "assets.extra", EXPORT_INFO)))
+    assert info["step"] == "model"  # the model's own step, not the window replay
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(1)
+    B, T, K = 3, 5, data.num_items - 1
+    items = rng.integers(1, data.num_items, (B, T)).astype("int32")
+    raw = np.array([[t.encode() for t in data.item_vocab.ids(r)] for r in items], object)
+    pos = {tok.encode(): i + 1 for i, tok in enumerate(data.item_vocab.tokens)}  # 0 = padding
+    state = loaded.signatures["initial_state"](sessions=tf.constant(np.array([b"a", b"b", b"c"], object)))
+    names = sorted(k for k in state if k.startswith("state_"))
+    assert len(names) == (2 if name == "lstm4rec" else 1)
+    for t in range(T):
+        inp = {k: state[k] for k in names}
+        state = loaded.signatures["step"](item=tf.constant(raw[:, t]), k=tf.fill([B], K), **inp)
+        want = model.score_prefix_batch({"items": items[:, : t + 1]})
+        got = np.full_like(want, np.nan)
+        ids, scores = state["item_ids"].numpy(), state["scores"].numpy()
+        for b in range(B):
+            for j, tok in enumerate(ids[b]):
+                got[b, pos[tok]] = scores[b, j]
+        np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-5, err_msg=f"step {t}")

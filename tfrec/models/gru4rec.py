@@ -215,6 +215,24 @@ class RNN4Rec(TargetNormalizedLoss, SequentialRecommender):
     def decode(self, h, training=False):
         return self.output_layer(self.out_drop(h, training=training))
 
+    # ------------------------------------------------- O(1) serving step
+    def initial_state(self, batch_size):
+        """Zero recurrent state for ``batch_size`` sessions: ``[h]`` (GRU) or
+        ``[h, c]`` (LSTM), each ``[B, units]``."""
+        n = 1 if self.cell == "gru" else 2
+        return [ops.zeros((batch_size, self.units), "float32") for _ in range(n)]
+
+    def step(self, state, inputs, training=False):
+        """Advances every session by one event (``inputs["items"]`` ``[B]``).
+
+        Returns ``(logits [B, num_items], new_state)``; stepping a session from
+        :meth:`initial_state` item by item gives the scores of
+        :meth:`prefix_logits` on its whole history.
+        """
+        x = self.in_drop(self.item_embedding(inputs["items"]), training=training)
+        h, new_state = self.rnn.cell(x, list(state), training=training)
+        return self.decode(h, training=training), list(new_state)
+
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "embedding_dim": self.embedding_dim,
                 "units": self.units, "input_dropout": self.input_dropout,
@@ -396,6 +414,19 @@ class GRU4Rec(SequentialRecommender):
 
     def decode(self, h, training=False):
         return ops.matmul(h, ops.transpose(self.item_out.embeddings)) + ops.squeeze(self.item_bias.embeddings, -1)
+
+    # ------------------------------------------------- O(1) serving step
+    def initial_state(self, batch_size):
+        """Zero hidden state ``[h]`` (``[B, units]``) for ``batch_size`` sessions."""
+        return [ops.zeros((batch_size, self.units), "float32")]
+
+    def step(self, state, inputs, training=False):
+        """Advances every session by one event (``inputs["items"]`` ``[B]``);
+        returns ``(logits [B, num_items], [h])``, the scores :meth:`prefix_logits`
+        gives for the whole history."""
+        out, _ = self.gru_cell(self.embed(inputs["items"], training), [state[0]], training=training)
+        out = self.drop_hidden(out, training=training)
+        return self.decode(out), [out]
 
     def session_forward(self, items, reset, state, training=False):
         """One session-parallel step: zero the state of lanes whose input starts a
