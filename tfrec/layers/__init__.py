@@ -6,3 +6,4 @@ from tfrec.layers.hcrnn import BiChannelAttention, GlobalContextInference, HCRNN
 from tfrec.layers.hrnn_meta import FeatureMixDecoder, HGRUCell, HierarchyLevel, HRNNMetaCell, TemporalConvStack
 from tfrec.layers.hnvm import GaussianLatent, HNVMDecoderCell, diag_normal
 from tfrec.layers.pnn import FieldEmbedding, InnerProduct, PNNEncoder
+from tfrec.layers.state import LaneState, lane_state, lane_states, reset_lane_states
