@@ -2,12 +2,13 @@
 
 Protocols bundle the choices that change numbers:
 
-============  =============  ========  ===========  ======  ==================
-protocol      ties           padding   history      scale   metrics
-============  =============  ========  ===========  ======  ==================
-``default``   conservative   excluded  kept         1       recall/mrr/ndcg @5,10,20
-``hcrnn``     optimistic     ranked    kept         100     recall/mrr @3,20
-============  =============  ========  ===========  ======  ==================
+======================  =============  ========  =======  ======  ========================
+protocol                ties           padding   history  scale   metrics
+======================  =============  ========  =======  ======  ========================
+``default``             conservative   excluded  kept     1       recall/mrr/ndcg @5,10,20
+``hcrnn``               optimistic     ranked    kept     100     recall/mrr @3,20
+``hcrnn_conservative``  conservative   ranked    kept     100     recall/mrr @3,20
+======================  =============  ========  =======  ======  ========================
 
 ``hcrnn`` replicates the HCRNN authors' evaluation: all 1,981 classes (index 0
 included) are candidates, rank = 1 + number of strictly higher scores, every test
@@ -54,6 +55,7 @@ PROTOCOLS: Dict[str, Protocol] = {
     "hcrnn": Protocol(ks=(3, 20), metrics=("recall", "mrr"), ties="optimistic",
                       exclude_padding=False, scale=100.0),
 }
+PROTOCOLS["hcrnn_conservative"] = dataclasses.replace(PROTOCOLS["hcrnn"], ties="conservative")
 
 
 def get_protocol(protocol: Union[str, Protocol]) -> Protocol:
