@@ -255,6 +255,129 @@ def test_hrnn_meta_fits_scores_first_items_and_round_trips(tmp_path):
     np.testing.assert_allclose(back.score_sequence_batch(x), model.score_sequence_batch(x), rtol=1e-5, atol=1e-5)
 
 
+def test_tbptt_carry_is_lane_state_outside_the_weights():
+    ds = toy_dataset()
+    model = registry.build("hrnn_meta", ds, cell="lstm", **TINY)
+    assert [c.name for c in model.carry] == ["tbptt_carry_0", "tbptt_carry_1"]
+    assert model.carry[0].numpy().shape == (TINY["lanes"], TINY["hidden"])
+    assert not any("carry" in w.path for w in model.weights)
+    assert registry.build("hrnn", ds, training_layout="padded", **TINY).carry == []
+    # .keras files written while the carry was a weight hold it as trailing entries
+    own = {str(i): v.numpy() for i, v in enumerate(model._trainable_variables + model._non_trainable_variables)}
+    old = dict(own, **{str(len(own) + i): np.ones((2, 8), np.float32) for i in range(2)})
+    model.load_own_variables(old)
+    with pytest.raises(ValueError):
+        model.load_own_variables(dict(old, extra=np.ones(1)))
+
+
+def _two_replica_child():
+    """Run as ``python tests/test_hrnn_meta.py``: 1-device vs 2-replica TBPTT
+    training on 2 logical CPU devices; prints one JSON line."""
+    import json
+
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfrec.training.distributed import get_strategy
+
+    ds = toy_dataset(n_seq=60)
+    cfg = dict(TINY, lanes=4)
+    strategies = {"single": get_strategy("default"), "mirrored": get_strategy("mirrored", devices=2)}
+    out = {}
+    # 1) forward state only (learning rate 0): the carry of every lane after each
+    # of the first steps, read globally (replica 0's lanes first)
+    steps = 4
+    for key, strategy in strategies.items():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            m = registry.build("hrnn_meta", ds, cell="lstm", **cfg)
+            m.compile(optimizer=keras.optimizers.SGD(0.0))
+        train = m.make_dataset(ds.train, shuffle=False)
+        seen = []
+        cb = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda b, logs: seen.append([c.numpy().tolist() for c in m.carry]))
+        m.fit(train, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[cb], shuffle=False)
+        out[f"carries_{key}"] = seen
+        out[f"replicas_{key}"] = m.distribute_strategy.num_replicas_in_sync
+        out[f"per_replica_rows_{key}"] = [int(v.shape[0]) for v in
+                                          strategy.experimental_local_results(m.carry[0].variable)]
+        # reference: each lane's first ``steps`` chunks in one unchunked pass from zeros
+        batches = list(tbptt_batches(build_stream(ds.train, m.bos), cfg["lanes"], cfg["chunk"]))[:steps]
+        x = {k: np.concatenate([b[0][k] for b in batches], 1) for k in batches[0][0] if k != "reset"}
+        _, final = m.encode_stream({k: keras.ops.convert_to_tensor(v) for k, v in x.items()})
+        out[f"reference_{key}"] = [keras.ops.convert_to_numpy(f).tolist() for f in final]
+    # 2) real training (Adam), the same batches in the same order on both sides
+    # (unshuffled: under a strategy Keras' symbolic build draws one extra pass from
+    # the generator, which would shift the per-epoch shuffles)
+    for key, strategy in strategies.items():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            m = registry.build("hrnn", ds, **cfg)
+            m.compile(optimizer=keras.optimizers.Adam(3e-3))
+        batch_losses = []
+        cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batch_losses.append(logs["loss"]))
+        hist = m.fit(m.make_dataset(ds.train, shuffle=False), epochs=3, verbose=0, callbacks=[cb], shuffle=False)
+        out[f"loss_{key}"] = [float(v) for v in hist.history["loss"]]
+        out[f"batch_loss_{key}"] = [float(v) for v in batch_losses]
+        out[f"trained_carry_{key}"] = m.carry[0].numpy().tolist()
+    # 3) lanes that cannot be split evenly over the replicas
+    with strategies["mirrored"].scope():
+        try:
+            registry.build("hrnn", ds, **dict(cfg, lanes=3))
+        except ValueError as e:
+            out["odd_lanes_error"] = str(e)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+@pytest.fixture(scope="module")
+def two_replicas():
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    rows = [line[7:] for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    assert rows, p.stderr[-3000:]
+    return json.loads(rows[0])
+
+
+def test_two_replicas_keep_each_lane_carry_across_chunks(two_replicas):
+    r = two_replicas
+    assert r["replicas_single"] == 1 and r["replicas_mirrored"] == 2
+    assert r["per_replica_rows_single"] == [4] and r["per_replica_rows_mirrored"] == [2, 2]
+    single, mirrored = np.array(r["carries_single"]), np.array(r["carries_mirrored"])
+    assert single.shape == mirrored.shape == (4, 2, 4, 8)  # steps, (h, c), lanes, hidden
+    assert np.abs(mirrored[-1]).max() > 0.05  # a real state, not zeros
+    # after every step each lane's carry on its replica equals the one-device carry
+    np.testing.assert_allclose(mirrored, single, atol=1e-5)
+    # and equals one unchunked pass over the lane's first 4 chunks: the carry was
+    # handed from chunk to chunk on the replica that owns the lane
+    np.testing.assert_allclose(mirrored[-1], np.array(r["reference_mirrored"]), atol=1e-5)
+    np.testing.assert_allclose(single[-1], np.array(r["reference_single"]), atol=1e-5)
+    assert not np.allclose(mirrored[-1], mirrored[-2], atol=1e-3)  # the state moves on
+
+
+def test_two_replica_tbptt_training_follows_one_device_losses(two_replicas):
+    r = two_replicas
+    assert len(r["loss_mirrored"]) == 3 and r["loss_mirrored"][-1] < r["loss_mirrored"][0]
+    assert len(r["batch_loss_mirrored"]) == len(r["batch_loss_single"]) > 3 * 10
+    # every step's (running mean) loss and the epoch losses follow the one-device run
+    np.testing.assert_allclose(r["batch_loss_mirrored"], r["batch_loss_single"], rtol=1e-3)
+    np.testing.assert_allclose(r["loss_mirrored"], r["loss_single"], rtol=1e-3)
+    # after training the lanes still hold the one-device carries (weights differ a
+    # little: each replica normalises its loss by its own lanes' targets)
+    single, mirrored = np.array(r["trained_carry_single"]), np.array(r["trained_carry_mirrored"])
+    assert np.abs(single).max() > 0.05
+    np.testing.assert_allclose(mirrored, single, atol=1e-2)
+
+
+def test_lanes_must_split_evenly_over_replicas(two_replicas):
+    assert "global batch of 3 lanes is not divisible by the 2 replicas" in two_replicas["odd_lanes_error"]
+
+
 def test_temporal_conv_variants_are_causal():
     ds = toy_dataset()
     for mode in ("before", "instead"):
@@ -299,3 +422,7 @@ def test_previous_event_deltas_with_query_gap_equal_next_deltas():
     want = model.score_prefix_batch({"items": x["items"], "next_deltas": x["next_deltas"]})
     got = model.score_prefix_batch({"items": x["items"], "deltas": x["deltas"], "query_deltas": query})
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+if __name__ == "__main__":
+    _two_replica_child()

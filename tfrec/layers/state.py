@@ -112,8 +112,12 @@ class LaneState:
         self._distributed = isinstance(self.variable, tf.distribute.DistributedValues)
 
     # ------------------------------------------------------------ contexts
-    def _in_own_replica(self) -> bool:
-        """True when reads/writes address one replica's rows."""
+    def in_replica_context(self) -> bool:
+        """True when :meth:`read`/:meth:`assign` address one replica's rows: inside
+        ``strategy.run`` of the state's strategy, or always for a plain
+        (one-replica) state. A model should carry lane state only then: Keras
+        also calls models in the cross-replica context (e.g. its symbolic build
+        with a per-replica batch), where the global state does not match."""
         if not self._distributed:
             return True
         ctx = tf.distribute.get_replica_context()
@@ -125,7 +129,7 @@ class LaneState:
     # ------------------------------------------------------------ access
     def read(self) -> tf.Tensor:
         """The replica's rows inside a replica, the global state elsewhere."""
-        if self._in_own_replica():
+        if self.in_replica_context():
             return tf.convert_to_tensor(self.variable)
         parts = [tf.convert_to_tensor(c) for c in self._components()]
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
@@ -134,7 +138,7 @@ class LaneState:
         """Writes the replica's rows inside a replica, every replica's slice of a
         global ``value`` elsewhere."""
         value = tf.cast(value, self.dtype)
-        if self._in_own_replica():
+        if self.in_replica_context():
             self.variable.assign(value)
             return
         comps = self._components()
@@ -151,7 +155,7 @@ class LaneState:
 
     def reset(self) -> None:
         """Zeroes every lane (on every replica when called outside a replica)."""
-        if self._in_own_replica():
+        if self.in_replica_context():
             self.variable.assign(tf.zeros_like(self.variable))
             return
         for c in self._components():

@@ -25,7 +25,10 @@ concatenated, cut into ``lanes`` equal streams, and read in ``chunk``-step piece
 with the recurrent state carried from one batch to the next
 (:mod:`tfrec.data.tbptt`). Every sequence starts with a begin-of-sequence step,
 so the first item of a sequence is trained and can be scored
-(:func:`stream_evaluate`).
+(:func:`stream_evaluate`). The carried states are replica-local lane state
+(:class:`~tfrec.layers.LaneState`): under ``tf.distribute.MirroredStrategy`` each
+replica keeps the carries of the lanes it receives (``lanes`` must be a multiple of
+the number of replicas). They are transient: not saved with the model.
 
 Also here: rating baselines (:class:`RollingAverageRating`, the mean of the
 item and user average ratings; :class:`BiasedMFRating`, a factorization model)
@@ -49,6 +52,7 @@ from tfrec.data.tbptt import (
 from tfrec.layers.hrnn_meta import (
     FeatureMixDecoder, HGRUCell, HierarchyLevel, HRNNMetaCell, TemporalConvStack,
 )
+from tfrec.layers.state import lane_state, lane_states
 from tfrec.metrics import ranks_from_scores
 from tfrec.models import base as _base
 from tfrec.models.base import SequentialRecommender, gather_last, lengths_of, masked_sparse_ce
@@ -122,10 +126,6 @@ class HRNNMeta(SequentialRecommender):
     >>> m = HRNNMeta.from_dataset(data, hidden=8, embedding_dim=8, lanes=4, chunk=5)
     >>> m.compile(optimizer="adam"); _ = m.fit(data, epochs=1, verbose=0)  # doctest: +SKIP
     """
-
-    #: TBPTT training carries lane states across chunks in a variable sized for the
-    #: global batch; it is not replica-aware yet (see Recommender).
-    replica_support = "TBPTT lanes carry their states across chunks in a variable sized for the global batch"
 
     causal = True
     probabilistic = True
@@ -239,13 +239,31 @@ class HRNNMeta(SequentialRecommender):
                                                      name="rating_item_bias")
             self.rating_item_factors = layers.Embedding(self.num_items, self.rating_dim, name="rating_item_factors")
             self.rating_projection = layers.Dense(self.rating_dim, name="rating_projection")
-        # --- TBPTT carried state (one row per lane)
-        self.carry = []
+        # --- TBPTT carried state (one row per lane), replica-local under tf.distribute:
+        # each replica keeps the rows of the lanes it receives (tfrec.layers.state)
+        # (not Keras weights: left out of .keras files and checkpoints; see ``carry``)
         if training_layout == "tbptt" and encoder == "rnn":
-            sizes = self.cell.state_size
-            sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
-            self.carry = [self.add_weight(shape=(self.lanes, int(s)), initializer="zeros", trainable=False,
-                                          name=f"tbptt_carry_{i}") for i, s in enumerate(sizes)]
+            for i, size in enumerate(self._carry_sizes()):
+                lane_state(self, (size,), f"tbptt_carry_{i}", batch_size=self.lanes)
+
+    @property
+    def carry(self):
+        """The TBPTT lane states (:class:`~tfrec.layers.LaneState`, one per cell
+        state; empty unless ``training_layout="tbptt"`` with the RNN encoder).
+        ``carry[i].numpy()`` is the global ``[lanes, size]`` state."""
+        return lane_states(self)
+
+    def _carry_sizes(self):
+        sizes = self.cell.state_size
+        return [int(d) for d in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]
+
+    def load_own_variables(self, store):
+        # .keras files written before the TBPTT carry became replica-local lane state
+        # hold it as trailing weights of the model; the carry is transient: drop them
+        n = len(self._trainable_variables) + len(self._non_trainable_variables)
+        if self.carry and len(store.keys()) == n + len(self.carry):
+            store = {str(i): store[str(i)] for i in range(n)}
+        super().load_own_variables(store)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -406,14 +424,15 @@ class HRNNMeta(SequentialRecommender):
         """``{"logits", "h"}`` for stream inputs; with a ``reset`` key the initial
         state comes from (and the final state goes to) the TBPTT carry."""
         init = None
-        use_carry = "reset" in s and self.carry
+        # outside a replica of a multi-replica strategy (e.g. Keras' symbolic build)
+        # the batch is not one replica's lanes: start from zeros, keep the carry
+        use_carry = "reset" in s and self.carry and self.carry[0].in_replica_context()
         if use_carry:
-            reset = ops.expand_dims(ops.cast(s["reset"], "bool"), -1)
-            init = [ops.where(reset, ops.zeros_like(v), ops.convert_to_tensor(v)) for v in self.carry]
+            init = [ops.cast(c.initial(s["reset"]), self.cell.compute_dtype) for c in self.carry]
         h, states = self.encode_stream(s, init, training=training)
         if use_carry:
-            for v, st in zip(self.carry, states):
-                v.assign(ops.stop_gradient(st))
+            for c, st in zip(self.carry, states):
+                c.assign(ops.stop_gradient(st))
         return {"logits": self.decode(h, training=training), "h": h}
 
     def sequence_logits(self, inputs, training=False):
