@@ -91,15 +91,23 @@ def test_session_rule_gap_and_cap():
     assert [s.tolist() for s in split_sessions(np.arange(1, 8), d, 3600, 3)] == [[1, 2, 3], [4], [5, 6, 7]]
 
 
-def test_in_graph_sessions_match_numpy_layout(sim):
+@pytest.mark.parametrize("mode", ["continue", "new", "query_gap"])
+def test_in_graph_sessions_match_numpy_layout(sim, mode):
     C, S = 3, 4
-    for new_session in (False, True):
-        x, _ = next(prefix_batches(sim.test, 64, features=("items", "deltas")))
-        ctx, cur = history_to_sessions(x["items"], x["deltas"], 3600, S, C, new_session=new_session)
+    new_session = mode == "new"
+    if True:
+        x, _ = next(prefix_batches(sim.test, 64, features=("items", "deltas", "next_deltas")))
+        L_all = (x["items"] != 0).sum(1)
+        gap_next = x["next_deltas"][np.arange(len(L_all)), np.maximum(L_all - 1, 0)]
+        ctx, cur = history_to_sessions(x["items"], x["deltas"], 3600, S, C, new_session=new_session,
+                                       next_delta=gap_next if mode == "query_gap" else None)
+        if mode == "query_gap":  # the batch has both kinds of targets
+            assert (gap_next > 3600).any() and (gap_next <= 3600).any()
         for b in range(len(x["items"])):
             L = int((x["items"][b] != 0).sum())
             it, d = x["items"][b, :L], x["deltas"][b, :L]
-            ss = split_sessions(np.append(it, -1), np.append(d, np.inf if new_session else 0.0), 3600, S)
+            nxt = {"continue": 0.0, "new": np.inf, "query_gap": gap_next[b]}[mode]
+            ss = split_sessions(np.append(it, -1), np.append(d, nxt), 3600, S)
             cur_ref, prev = ss[-1][:-1], ss[:-1]
             exp = np.zeros((C, S), np.int32)
             for j, s in enumerate(prev[-C:]):
@@ -131,6 +139,50 @@ def test_set_metrics_precision_recall_mrr():
     # a tie with a non-target ranks the target below it
     m = set_ranking_metrics(np.array([[0.0, 1.0, 1.0]]), [np.array([2])], ks=[1])
     assert m["recall@1"] == 0.0
+
+
+def test_query_gap_decides_new_session_at_scoring(sim):
+    """With ``use_query_gap`` the next item opens a new session exactly when the gap
+    from the last history event to the target exceeds ``gap`` (then the scores are
+    the next-session scores); otherwise it continues the last session."""
+    m = _model(sim)
+    assert "next_deltas" in m.input_features
+    x, _ = next(prefix_batches(sim.test, 64, features=m.input_features))
+    L = (x["items"] != 0).sum(1)
+    new = x["next_deltas"][np.arange(len(L)), L - 1] > m.gap
+    assert new.any() and (~new).any()
+    s = m.score_prefix_batch(x)
+    cont = m.score_prefix_batch({k: v for k, v in x.items() if k != "next_deltas"})
+    fresh = m.score_next_session_batch(x)
+    np.testing.assert_allclose(s[new], fresh[new], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s[~new], cont[~new], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(s[new], cont[new])
+    off = _model(sim, use_query_gap=False)
+    assert "next_deltas" not in off.input_features
+    np.testing.assert_allclose(off.score_prefix_batch(x), cont, rtol=1e-5, atol=1e-5)
+
+
+def test_deduplicated_session_encoding_is_exact(sim):
+    """``encode_sessions`` encodes each distinct session once: same summaries and
+    same gradients as running the encoder GRU on every row."""
+    m = _model(sim)
+    _, x = _rows(sim, n=24)
+    ctx = tf.constant(x["context"])
+    assert len(np.unique(x["context"].reshape(-1, 5), axis=0)) < 24 * 6  # empty slots repeat
+    w = [v.value for v in m.encoder.trainable_variables] + [m.item_embedding.embeddings.value]
+
+    def naive():
+        flat = tf.reshape(ctx, [-1, 5])
+        h = m.encoder(m.item_embedding(flat), mask=flat != 0)
+        return tf.reshape(h, [24, 6, -1])
+
+    with tf.GradientTape(persistent=True) as tape:
+        a, b = m.encode_sessions(ctx), naive()
+        la, lb = tf.reduce_sum(tf.sin(a)), tf.reduce_sum(tf.sin(b))
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(tape.gradient(la, w), tape.gradient(lb, w)):
+        np.testing.assert_allclose(tf.convert_to_tensor(ga).numpy(), tf.convert_to_tensor(gb).numpy(),
+                                   rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------- the bound

@@ -175,12 +175,14 @@ def user_layout(sessions, S: int) -> np.ndarray:
 # ----------------------------------------------------------- in-graph rule
 def history_to_sessions(items, deltas, gap: float = DEFAULT_GAP,
                         max_session_length: int = DEFAULT_MAX_SESSION_LENGTH,
-                        max_context_sessions: int = 10, new_session: bool = False):
+                        max_context_sessions: int = 10, new_session: bool = False, next_delta=None):
     """In-graph: right-padded histories -> (context ``[B, C, S]``, current ``[B, S]``).
 
     The next (unseen) event is placed after the history with ``delta = 0``
     (continuing the last session; it still opens a new chunk when the last session
-    is full) or, with ``new_session=True``, ``delta = inf``. ``current`` holds the
+    is full), with ``new_session=True`` ``delta = inf``, or, given ``next_delta``,
+    with that gap (the time from the last history event to the request, known at
+    serving time: a gap ``> gap`` opens a new session). ``current`` holds the
     items of the session the next event belongs to (empty for a new session) and
     ``context`` the ``C`` sessions before it, right-aligned as in
     :class:`SessionLayout`.
@@ -188,6 +190,9 @@ def history_to_sessions(items, deltas, gap: float = DEFAULT_GAP,
     Args:
         items: int ``[B, T]`` right-padded with 0.
         deltas: float ``[B, T]`` seconds since the previous event (``inf`` at 0).
+        new_session: force a new session for the next event (ignored with ``next_delta``).
+        next_delta: optional float ``[B]`` seconds from the last history event to
+            the next event.
     """
     import tensorflow as tf
 
@@ -202,7 +207,10 @@ def history_to_sessions(items, deltas, gap: float = DEFAULT_GAP,
     Te = T + 1
     pos = tf.range(Te)[None, :]
     d_ext = tf.concat([deltas, tf.zeros([B, 1])], axis=1)
-    nxt = tf.fill([B], np.inf if new_session else 0.0)
+    if next_delta is None:
+        nxt = tf.fill([B], np.inf if new_session else 0.0)
+    else:
+        nxt = tf.reshape(tf.cast(next_delta, tf.float32), [B])
     d_ext = tf.where(pos == L[:, None], nxt[:, None], d_ext)
     real = pos <= L[:, None]  # history + dummy
     start = ((d_ext > gap) | (pos == 0)) & real

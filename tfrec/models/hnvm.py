@@ -29,9 +29,12 @@ sampled items; ``loss="ce"`` keeps the softmax log-likelihood.
 
 Scoring a plain history (``items``, ``deltas``, ``user``; the tfrec Recommender
 interface): the history is cut into sessions in-graph
-(:func:`tfrec.data.hierarchy.history_to_sessions`), the next item is assumed to
-continue the last session, ``e^u`` is the posterior mean, ``z_n`` the prior
-mean, and the decoder scores the next position. ``score_next_session_batch``
+(:func:`tfrec.data.hierarchy.history_to_sessions`); whether the next item
+continues the last session or opens a new one is decided by the gap from the
+last history event to the request (``next_deltas``, known at serving time, as
+HRNN-meta/HGRU use it; without it the next item continues the last session);
+``e^u`` is the posterior mean, ``z_n`` the prior mean, and the decoder scores
+the next position. ``score_next_session_batch``
 decodes the first item of a new session instead (next-session task).
 
 Ablations (RQ2): ``use_user_latent=False`` drops ``e^u`` (``p(z_n|s_<n)``);
@@ -101,6 +104,11 @@ class HNVM(SequentialRecommender):
         gap, max_session_length, max_context_sessions: the session rule and the
             number of earlier sessions the context GRU sees (truncation keeps memory
             bounded for long histories).
+        use_query_gap: next-item scoring reads ``next_deltas`` (the time from the
+            last history event to the request, known when the request is served) to
+            decide whether the next item continues the last session or opens a new
+            one; without it (or when a caller gives no ``next_deltas``, e.g. the
+            SavedModel export) the next item continues the last session.
 
     Example:
 
@@ -119,8 +127,8 @@ class HNVM(SequentialRecommender):
                  variance_scale: float = 0.05, kl_anneal_steps: int = 1000, loss: str = "ce",
                  bpr_negatives: int = 128, use_user_latent: bool = True, use_session_latent: bool = True,
                  gap: float = DEFAULT_GAP, max_session_length: int = DEFAULT_MAX_SESSION_LENGTH,
-                 max_context_sessions: int = 10, batch_size: int = 256, seed: int = 0,
-                 layout: str = "prefix", bucket: bool = False, **kwargs):
+                 max_context_sessions: int = 10, use_query_gap: bool = True, batch_size: int = 256,
+                 seed: int = 0, layout: str = "prefix", bucket: bool = False, **kwargs):
         super().__init__(num_items=num_items, layout=layout, batch_size=batch_size, bucket=bucket,
                          seed=seed, **kwargs)
         if loss not in LOSSES:
@@ -135,6 +143,9 @@ class HNVM(SequentialRecommender):
         self.use_user_latent, self.use_session_latent = bool(use_user_latent), bool(use_session_latent)
         self.gap, self.max_session_length = float(gap), int(max_session_length)
         self.max_context_sessions = int(max_context_sessions)
+        self.use_query_gap = bool(use_query_gap)
+        if self.use_query_gap:
+            self.input_features = ("items", "deltas", "user", "next_deltas")
         self.probabilistic = loss == "ce"
 
         E, H = self.embedding_dim, self.hidden
@@ -176,11 +187,20 @@ class HNVM(SequentialRecommender):
 
     # ------------------------------------------------------------ networks
     def encode_sessions(self, sessions, training=False):
-        """Encoder GRU (eq. 9) over ``[..., S]`` sessions -> ``[..., H]`` summaries."""
+        """Encoder GRU (eq. 9) over ``[..., S]`` sessions -> ``[..., H]`` summaries.
+
+        Each distinct session row is encoded once and the summaries are gathered
+        back (the same values and, through the gather, the same summed gradients as
+        encoding every row): the empty context slots (a third of a ml-100k batch)
+        and sessions repeated across rows cost one encoding.
+        """
+        import tensorflow as tf
+
         shape = ops.shape(sessions)
-        flat = ops.reshape(sessions, (-1, shape[-1]))
-        mask = ops.not_equal(flat, 0)
-        h = self.encoder(self.item_embedding(flat), mask=mask, training=training)
+        flat = tf.reshape(tf.cast(sessions, tf.int32), [-1, tf.shape(sessions)[-1]])
+        uniq, idx = tf.raw_ops.UniqueV2(x=flat, axis=[0], out_idx=tf.int32)
+        h = self.encoder(self.item_embedding(uniq), mask=ops.not_equal(uniq, 0), training=training)
+        h = tf.gather(h, idx)
         return ops.reshape(h, tuple(shape[:-1]) + (self.hidden,))
 
     def context_states(self, context, training=False):
@@ -375,6 +395,10 @@ class HNVM(SequentialRecommender):
 
     # ------------------------------------------------------------- scoring
     def _history_scores(self, inputs, new_session: bool, training=False):
+        """Scores of the next item after right-padded histories: ``new_session``
+        decodes the first item of a new session; otherwise the query gap
+        (``next_deltas`` at the last history event, with ``use_query_gap``) decides,
+        and without it the next item continues the last session."""
         items = ops.cast(inputs["items"], "int32")
         if "deltas" in inputs:
             deltas = inputs["deltas"]
@@ -382,8 +406,14 @@ class HNVM(SequentialRecommender):
             deltas = ops.where(ops.arange(ops.shape(items)[1])[None, :] == 0, np.inf, 0.0)
             deltas = ops.broadcast_to(deltas, ops.shape(items))
         user = inputs["user"] if "user" in inputs else ops.zeros((ops.shape(items)[0],), "int32")
+        next_delta = None
+        if not new_session and self.use_query_gap and "next_deltas" in inputs:
+            last = ops.maximum(ops.sum(ops.cast(ops.not_equal(items, 0), "int32"), axis=1) - 1, 0)
+            nd = ops.cast(inputs["next_deltas"], "float32")
+            next_delta = ops.take_along_axis(nd, ops.expand_dims(last, 1), axis=1)[:, 0]
         context, current = history_to_sessions(items, deltas, self.gap, self.max_session_length,
-                                                self.max_context_sessions, new_session=new_session)
+                                                self.max_context_sessions, new_session=new_session,
+                                                next_delta=next_delta)
         h_con = self.context_states(context, training=training)[:, -1]
         lat = self._latents(h_con, user, session=None, sample=False, training=training)
         logits = self.decode_session(current, h_con, lat["z"], training=training)  # [B, S, N]
@@ -434,4 +464,4 @@ class HNVM(SequentialRecommender):
                 "bpr_negatives": self.bpr_negatives, "use_user_latent": self.use_user_latent,
                 "use_session_latent": self.use_session_latent, "gap": self.gap,
                 "max_session_length": self.max_session_length,
-                "max_context_sessions": self.max_context_sessions}
+                "max_context_sessions": self.max_context_sessions, "use_query_gap": self.use_query_gap}
