@@ -301,6 +301,8 @@ def main(argv=None):
     p.add_argument("--fit-opt", action="append", default=[], metavar="MODEL:KEY=VALUE")
     p.add_argument("--notes", action="append", default=[], metavar="MODEL:TEXT",
                    help="a note stored with a model's row (e.g. why epochs were capped)")
+    p.add_argument("--row", action="append", default=[], metavar="MODEL:ROW_NAME",
+                   help="store MODEL's runs under ROW_NAME (a diagnostic variant beside the table row)")
     p.add_argument("--deadline", help="UTC HH:MM: stop training (keeping the best-valid epoch so far) "
                    "after the epoch that ends past this time; such runs are marked stopped_at_deadline")
     p.add_argument("--time-layouts", action="store_true",
@@ -329,6 +331,7 @@ def main(argv=None):
     for item in args.notes:
         model, text = item.split(":", 1)
         notes[model] = text
+    row_names = dict(item.split(":", 1) for item in args.row)
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for m in models:
@@ -361,9 +364,10 @@ def main(argv=None):
                   f"conservative {run['test_conservative']} s/epoch {run['seconds_per_epoch']} "
                   f"({time.time() - t0:.0f}s)", flush=True)
             with locked_results() as payload:
-                row = payload["rows"].setdefault(name, {})
-                row["label"] = LABELS.get(name, name)
-                if name in PAPER:
+                key = row_names.get(name, name)
+                row = payload["rows"].setdefault(key, {})
+                row["label"] = LABELS.get(key, key)
+                if key in PAPER:
                     row["paper"] = list(PAPER[name])
                 row.setdefault("runs", {})[str(seed)] = run
                 row["command"] = cmd
