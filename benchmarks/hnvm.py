@@ -176,7 +176,37 @@ def run_one(task, key, data, args, seed=0):
     return out
 
 
+def use_snapshot(ref: str = "HEAD") -> dict:
+    """Imports ``tfrec`` from a copy of the package at git ``ref`` (in a temporary
+    directory) instead of the working tree.
+
+    AutoGraph re-reads a function's source from its file whenever it (re)traces (a
+    new validation shape, a new model); other engineers edit the working tree while
+    these runs take an hour, and a shifted file makes AutoGraph convert the wrong
+    function (``tf__build() got an unexpected keyword argument 'training'``: the
+    session-1 GRU4Rec failure and the first session-2 baseline failures). A frozen
+    copy at a commit makes every run see one code version, named by its commit.
+    """
+    import subprocess
+    import tempfile
+
+    if "tfrec" in sys.modules:
+        raise RuntimeError("tfrec already imported; the snapshot must come first")
+    root = os.path.dirname(HERE)
+    commit = subprocess.run(["git", "-C", root, "rev-parse", ref], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    d = tempfile.mkdtemp(prefix="hnvm_tfrec_")
+    subprocess.run(f"git -C {root} archive {commit} tfrec | tar -x -C {d}", shell=True, check=True)
+    sys.path.insert(0, d)
+    import tfrec
+
+    assert os.path.dirname(os.path.dirname(os.path.abspath(tfrec.__file__))) == d, tfrec.__file__
+    print(f"tfrec imported from a snapshot of commit {commit} in {d}", flush=True)
+    return {"commit": commit, "path": d}
+
+
 def cmd_run(args):
+    snap = use_snapshot(args.code_ref) if args.code_ref else {"commit": None, "path": "working tree"}
     import tensorflow as tf
 
     if args.threads:
@@ -204,6 +234,7 @@ def cmd_run(args):
             except Exception as e:  # a failing baseline must not stop the others
                 traceback.print_exc()
                 out = {"task": task, "key": key, "error": f"{type(e).__name__}: {e}"}
+            out["code"] = snap
             with open(path, "w") as f:
                 json.dump(out, f, indent=2, default=float)
             print(json.dumps({k: out.get(k) for k in ("key", "seed", "best_epoch", "epochs_run", "test", "error")},
@@ -413,6 +444,8 @@ def main():
     ap.add_argument("--deadline", default="", help="HH:MM UTC: stop training at the first epoch end after it")
     ap.add_argument("--run-minutes", type=float, default=0,
                     help="stop a run's training at the first epoch end after this many wall minutes")
+    ap.add_argument("--code-ref", default="HEAD",
+                    help="git ref whose tfrec/ the runs import (a frozen copy; '' = the working tree)")
     ap.add_argument("--runs-dir", default=os.path.join(HERE, "logs", "hnvm_runs"))
     ap.add_argument("--gap", type=float, default=3600.0)
     ap.add_argument("--max-session-length", type=int, default=10)
