@@ -122,6 +122,14 @@ def _callbacks(stop_at):
         def on_epoch_begin(self, epoch, logs=None):
             self._c = time.process_time()
 
+        def on_train_batch_end(self, batch, logs=None):
+            # stop inside the epoch: under the shared-CPU load one epoch can take 15+ minutes; Keras
+            # leaves the epoch, then validation runs on the partly trained epoch as usual
+            if stop_at is not None and time.time() >= stop_at and not self.stopped:
+                self.stopped = True
+                self.stopped_in_epoch = batch + 1
+                self.model.stop_training = True
+
         def on_epoch_end(self, epoch, logs=None):
             self.cpu.append(time.process_time() - self._c)  # includes validation
             if stop_at is not None and time.time() >= stop_at:
@@ -161,7 +169,8 @@ def run_one(task, key, data, args, seed=0):
            "cpu_seconds_per_epoch": float(sorted(cpu)[len(cpu) // 2]) if cpu else None,
            "cpu_seconds_per_epoch_note": "median over epochs after the first, this process's CPU time "
                                          "(training + validation), robust to the shared-CPU load",
-           "stopped_at_budget": budget.stopped, "max_epochs": fcfg["epochs"], "patience": args.patience,
+           "stopped_at_budget": budget.stopped,
+           "stopped_after_batches_of_last_epoch": getattr(budget, "stopped_in_epoch", None), "max_epochs": fcfg["epochs"], "patience": args.patience,
            "loadavg_start": load0, "train_seconds": res.get("train_seconds"), "valid_next_item": res.get("valid"),
            "history": res.get("history")}
     if task == "next_item":
