@@ -105,6 +105,72 @@ def test_session_step_dataset_has_fixed_length_and_padding_steps_are_skipped():
         np.testing.assert_array_equal(a, b)
 
 
+# ------------------------------------------------------- fast training path
+_RNG = np.random.default_rng(0)
+FAST_SEQS = SequenceSet.from_lists([list(_RNG.integers(1, 10, _RNG.integers(2, 7))) for _ in range(12)])
+
+
+def _train(epochs=2, **kw):
+    cfg = dict(num_items=10, units=6, batch_size=3, seed=1, loss="bpr_max", n_sample=4, elu_param=0.5,
+               bpreg=1.0, dropout_embed=0.0, dropout_hidden=0.0)
+    cfg.update(kw)
+    keras.utils.set_random_seed(0)
+    m = GRU4Rec(**cfg)
+    m.compile(optimizer=AdagradM(0.1, momentum=0.4))
+    m.set_sampler(FAST_SEQS.item_counts(10))
+    hist = keras.Model.fit(m, m.make_dataset(FAST_SEQS), epochs=epochs, verbose=0)
+    return hist.history["loss"], m.get_weights(), m
+
+
+@pytest.mark.parametrize("n_sample", [4, 16])  # 16: B + n_sample >= num_items -> dense scoring
+def test_chunked_xla_training_equals_step_by_step_training(n_sample):
+    # reference: one session-parallel step per dataset element, no XLA
+    loss0, w0, ref = _train(n_sample=n_sample, session_chunk=1, jit_step=False)
+    assert ref.dense_scoring == (n_sample == 16)
+    loss1, w1, fast = _train(n_sample=n_sample, session_chunk=4, jit_step=True)
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
+    for a, b in zip(w1, w0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert fast.optimizer.iterations.numpy() == ref.optimizer.iterations.numpy() > 0  # padding skipped alike
+    if n_sample != 4:
+        return
+    # with dropout (XLA draws its own masks): chunks of steps == one step per element
+    loss2, w2, _ = _train(n_sample=n_sample, session_chunk=1, jit_step=True, dropout_embed=0.3, dropout_hidden=0.1)
+    loss3, w3, _ = _train(n_sample=n_sample, session_chunk=5, jit_step=True, dropout_embed=0.3, dropout_hidden=0.1)
+    np.testing.assert_allclose(loss3, loss2, rtol=1e-6)
+    for a, b in zip(w3, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_dense_scoring_equals_sparse_scoring(monkeypatch):
+    loss0, w0, m = _train(n_sample=16, session_chunk=1, jit_step=False)
+    assert m.dense_scoring
+    monkeypatch.setattr(GRU4Rec, "dense_scoring", property(lambda self: False))
+    loss1, w1, m1 = _train(n_sample=16, session_chunk=1, jit_step=False)
+    assert not m1.dense_scoring
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
+    for a, b in zip(w1, w0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_adagradm_dense_gradient_with_touched_rows_equals_sparse_gradient():
+    import tensorflow as tf
+
+    init = np.arange(8, dtype="float32").reshape(4, 2) / 8
+    grads = [tf.IndexedSlices(tf.constant([[1.0, 2.0], [0.0, 0.0]]), tf.constant([0, 2]), tf.constant([4, 2])),
+             tf.IndexedSlices(tf.constant([[0.5, -1.0]]), tf.constant([1]), tf.constant([4, 2]))]
+    sparse, dense = keras.Variable(init.copy()), keras.Variable(init.copy())
+    o1, o2 = AdagradM(0.1, momentum=0.4), AdagradM(0.1, momentum=0.4)
+    for g in grads:
+        o1.apply_gradients([(g, sparse)])
+        touched = tf.math.unsorted_segment_max(tf.ones_like(g.indices), g.indices, 4) > 0
+        o2.apply_gradients_with_rows([(tf.convert_to_tensor(g), dense)], [(dense, touched)])
+    np.testing.assert_allclose(ops.convert_to_numpy(dense), ops.convert_to_numpy(sparse), rtol=1e-6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(dense)[3], init[3])  # never touched
+    # row 2 (touched with a zero gradient in step 1) got momentum in step 1 only as a touched row
+    assert not np.allclose(ops.convert_to_numpy(dense)[0], init[0])
+
+
 def test_adagradm_matches_hand_computation():
     v = keras.Variable(np.array([1.0, 2.0], "float32"))
     opt = AdagradM(learning_rate=0.1, momentum=0.4, epsilon=1e-6)

@@ -98,8 +98,10 @@ class AdagradM(keras.optimizers.Optimizer):
         i = self._get_variable_index(variable)
         acc, mom = self._acc[i], self._mom[i]
         lr = ops.cast(learning_rate, variable.dtype)
-        touched = None
-        if isinstance(gradient, tf.IndexedSlices):
+        touched = self.__dict__.get("_row_masks", {}).get(i)
+        if touched is not None:  # dense gradient + the rows the step touched
+            touched = tf.reshape(tf.cast(touched, tf.bool), [-1] + [1] * (len(variable.shape) - 1))
+        elif isinstance(gradient, tf.IndexedSlices):
             n = tf.shape(variable)[0]
             hit = tf.math.unsorted_segment_max(tf.ones_like(gradient.indices, tf.float32),
                                                gradient.indices, n)
@@ -119,6 +121,21 @@ class AdagradM(keras.optimizers.Optimizer):
         if touched is not None:
             delta = ops.where(touched, delta, ops.zeros_like(delta))
         variable.assign(variable + delta)
+
+    def apply_gradients_with_rows(self, grads_and_vars, touched_rows):
+        """``apply_gradients`` where some embedding tables come with a *dense*
+        gradient plus the rows the step touched (``[(variable, bool [rows]), ...]``):
+        updated exactly as the equivalent sparse (``IndexedSlices``) gradient would
+        be -- untouched rows keep accumulator, momentum and value -- without
+        scattering rows. One device only (the masks are tensors of the caller's graph)."""
+        grads_and_vars = list(grads_and_vars)
+        if not self.built:
+            self.build([v for _, v in grads_and_vars])
+        self.__dict__["_row_masks"] = {self._get_variable_index(v): m for v, m in touched_rows}
+        try:
+            return self.apply_gradients(grads_and_vars)
+        finally:
+            self.__dict__["_row_masks"] = {}
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
@@ -268,37 +285,57 @@ def num_session_steps_bound(seqs: SequenceSet, batch_size: int) -> int:
     return int(-(-L.sum() // batch_size) + L.max())
 
 
-def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuffle: bool = True):
-    """``tf.data`` of GRU4Rec session-parallel steps, one element per step:
-    ``{"items", "targets", "reset", "valid"}`` each ``[batch_size]``; a new pass
-    (Keras epoch) reshuffles the sequence order with ``(seed, epoch)``.
+def session_step_arrays(seqs: SequenceSet, batch_size: int, seed: int = 0, shuffle: bool = True,
+                        epoch: int = 0, num_steps: Optional[int] = None) -> dict:
+    """One pass of GRU4Rec session-parallel steps as arrays ``[num_steps, batch_size]``:
+    ``items``/``targets`` int32, ``reset``/``valid`` int8 (flags travel as int8: Keras
+    reduces input batches across replicas under tf.distribute, which has no kernel for
+    bool). Steps after the last real one (up to ``num_steps``, default
+    :func:`num_session_steps_bound`) are padding: ``valid`` all 0."""
+    n = num_session_steps_bound(seqs, batch_size) if num_steps is None else int(num_steps)
+    out = {"items": np.zeros((n, batch_size), np.int32), "targets": np.zeros((n, batch_size), np.int32),
+           "reset": np.zeros((n, batch_size), np.int8), "valid": np.zeros((n, batch_size), np.int8)}
+    for k, (inp, tgt, reset, valid) in enumerate(session_parallel_batches(seqs, batch_size, shuffle, seed, epoch)):
+        out["items"][k], out["targets"][k], out["reset"][k], out["valid"][k] = inp, tgt, reset, valid
+    return out
+
+
+def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuffle: bool = True,
+                         chunk: int = 1):
+    """``tf.data`` of GRU4Rec session-parallel steps: ``{"items", "targets", "reset",
+    "valid"}``, one element per step (``[batch_size]`` each) or, with ``chunk > 1``,
+    per ``chunk`` consecutive steps (``[batch_size, chunk]``: lanes first, so a
+    ``tf.distribute`` strategy splits lanes, not steps). A new pass (Keras epoch)
+    reshuffles the sequence order with ``(seed, epoch)``; each pass is precomputed
+    in numpy (:func:`session_step_arrays`).
 
     The number of steps depends on the order, so every pass is padded with
-    all-invalid steps (``valid`` all False; the model skips them) to the fixed
-    :func:`num_session_steps_bound`, which Keras needs for equal epochs.
+    all-invalid steps (``valid`` all 0; the model skips them) to the fixed
+    :func:`num_session_steps_bound` rounded up to whole chunks, which Keras needs
+    for equal epochs.
     """
     import tensorflow as tf
 
+    chunk = max(int(chunk), 1)
+    n = -(-num_session_steps_bound(seqs, batch_size) // chunk)  # elements per pass
     counter = {"epoch": 0}
-    n = num_session_steps_bound(seqs, batch_size)
-    # flags travel as int8: Keras reduces input batches across replicas under
-    # tf.distribute, which has no kernel for bool
-    zeros_i, zeros_b = np.zeros(batch_size, np.int32), np.zeros(batch_size, np.int8)
+    keys = ("items", "targets", "reset", "valid")
 
     def gen():
         e = counter["epoch"]
         counter["epoch"] += 1
-        k = 0
-        for inp, tgt, reset, valid in session_parallel_batches(seqs, batch_size, shuffle, seed, e):
-            yield {"items": inp, "targets": tgt, "reset": reset.astype(np.int8), "valid": valid.astype(np.int8)}
-            k += 1
-        for _ in range(n - k):
-            yield {"items": zeros_i, "targets": zeros_i, "reset": zeros_b, "valid": zeros_b}
+        arr = session_step_arrays(seqs, batch_size, seed, shuffle, e, num_steps=n * chunk)
+        for j in range(n):
+            if chunk == 1:
+                yield {k: arr[k][j] for k in keys}
+            else:
+                yield {k: np.ascontiguousarray(arr[k][j * chunk:(j + 1) * chunk].T) for k in keys}
 
-    sig = {"items": tf.TensorSpec([batch_size], tf.int32), "targets": tf.TensorSpec([batch_size], tf.int32),
-           "reset": tf.TensorSpec([batch_size], tf.int8), "valid": tf.TensorSpec([batch_size], tf.int8)}
+    shape = [batch_size] if chunk == 1 else [batch_size, chunk]
+    sig = {"items": tf.TensorSpec(shape, tf.int32), "targets": tf.TensorSpec(shape, tf.int32),
+           "reset": tf.TensorSpec(shape, tf.int8), "valid": tf.TensorSpec(shape, tf.int8)}
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    return ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(64)
+    return ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(max(2, 64 // chunk))
 
 
 @register("gru4rec",
@@ -340,6 +377,11 @@ class GRU4Rec(SequentialRecommender):
         constrained_embedding: the input embedding is the output item matrix.
         embedding_dim: input embedding size when not constrained (0: ``units``).
         session_parallel: train with session-parallel steps (see above).
+        session_chunk: session-parallel steps per dataset element; the steps of a
+            chunk run one after the other in one compiled call (same math as one
+            step per element, much less per-step overhead).
+        jit_step: compile each training step (forward, gradients, optimizer
+            update, state update) with XLA, which fuses the loss's elementwise work.
         **kwargs: ``layout`` (``"sequence"`` by default), ``batch_size``, ``bucket``, ``seed``.
     """
 
@@ -353,9 +395,12 @@ class GRU4Rec(SequentialRecommender):
                  sample_alpha: float = 0.5, bpreg: float = 1.0, elu_param: float = 0.5,
                  dropout_embed: float = 0.0, dropout_hidden: float = 0.0,
                  constrained_embedding: bool = True, embedding_dim: int = 0,
-                 session_parallel: bool = True, layout: str = "sequence", **kwargs):
+                 session_parallel: bool = True, session_chunk: int = 32, jit_step: bool = True,
+                 layout: str = "sequence", **kwargs):
         super().__init__(num_items, layout=layout, **kwargs)
         self.units = int(units)
+        self.session_chunk = max(int(session_chunk), 1)
+        self.jit_step = bool(jit_step)
         self.loss_name = L.loss_from_config(loss)
         self.probabilistic = self.loss_name == "cross_entropy"
         self.n_sample, self.sample_alpha = int(n_sample), float(sample_alpha)
@@ -447,35 +492,113 @@ class GRU4Rec(SequentialRecommender):
             scores = ops.elu(scores, alpha=self.elu_param)
         return scores
 
+    def sampled_scores_dense(self, out, targets, samples):
+        """:meth:`sampled_scores` computed by scoring every item and taking the
+        batch's columns: the same values, cheaper when the columns outnumber the
+        items (e.g. 2,048 samples + 80 targets over 1,981 classes), and the output
+        table's gradient is dense (no row gather/scatter)."""
+        cols = ops.concatenate([targets, samples], axis=0)
+        full = ops.matmul(out, ops.transpose(self.item_out.embeddings)) + ops.squeeze(self.item_bias.embeddings, -1)
+        scores = ops.take(full, cols, axis=1)
+        if self.elu_param > 0 and self.loss_name != "cross_entropy":
+            scores = ops.elu(scores, alpha=self.elu_param)
+        return scores
+
+    @property
+    def dense_scoring(self) -> bool:
+        """Training scores all items (:meth:`sampled_scores_dense`) when the step's
+        columns (``batch_size + n_sample``) are at least as many as the items."""
+        return self.n_sample > 0 and self.batch_size + self.n_sample >= self.num_items
+
     # ------------------------------------------------------------ training
+    def draw_samples(self):
+        """The step's ``n_sample`` popularity-sampled extra negatives (``None`` without)."""
+        if not self.n_sample:
+            return None
+        return ops.cast(keras.random.categorical(
+            ops.expand_dims(self.sample_logits, 0), self.n_sample, seed=self.seed_gen)[0], "int32")
+
+    def apply_session_step(self, items, targets, reset, valid, samples):
+        """One optimizer step on one session-parallel step (the lanes' state is read
+        and written in ``session_state``); returns the loss. Compiled with XLA when
+        ``jit_step`` (see :meth:`train_step`)."""
+        import tensorflow as tf
+
+        valid = ops.cast(valid, "bool")
+        dense = self.dense_scoring and isinstance(self.optimizer, AdagradM)
+        with tf.GradientTape() as tape:
+            out, new_state = self.session_forward(items, reset, self.session_state, training=True)
+            if dense:
+                scores = self.sampled_scores_dense(out, targets, samples)
+            else:
+                scores = self.sampled_scores(out, targets, samples)
+            loss = L.session_loss(self.loss_name, scores, valid, self.n_sample, self.bpreg)
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        if dense:
+            # the rows an IndexedSlices gradient would have had: scored columns
+            # (+ the input items for the tied table)
+            cols = ops.concatenate([targets, samples], axis=0)
+            n = self.num_items
+            scored = tf.math.unsorted_segment_max(tf.ones_like(cols, tf.int32), cols, n) > 0
+            out_rows = scored
+            if self.constrained_embedding:
+                out_rows = tf.logical_or(
+                    scored, tf.math.unsorted_segment_max(tf.ones_like(items, tf.int32), items, n) > 0)
+            rows = [(self.item_bias.embeddings, scored), (self.item_out.embeddings, out_rows)]
+            dense_ids = {id(v) for v, _ in rows}
+            grads = [tf.convert_to_tensor(g) if id(v) in dense_ids and isinstance(g, tf.IndexedSlices) else g
+                     for g, v in zip(grads, variables)]
+            self.optimizer.apply_gradients_with_rows(zip(grads, variables), rows)
+        else:
+            self.optimizer.apply_gradients(zip(grads, variables))
+        self.session_state.assign(ops.where(ops.expand_dims(valid, -1), new_state, ops.zeros_like(new_state)))
+        return loss
+
+    def _step_fn(self):
+        fn = self.__dict__.get("_jit_session_step")
+        if fn is None:
+            import tensorflow as tf
+
+            fn = tf.function(self.apply_session_step, jit_compile=True, autograph=False)
+            self.__dict__["_jit_session_step"] = fn
+        return fn
+
     def train_step(self, data):
+        """Session-parallel training on one dataset element: one step (``[B]`` tensors)
+        or a chunk of consecutive steps (``[B, K]``, lanes first), run in order by an
+        in-graph loop so that Python and Keras are entered once per chunk. Each step
+        draws its negatives, then (XLA-compiled when ``jit_step``) computes the loss,
+        its gradients, the optimizer update and the lanes' new state. Steps without
+        any valid lane (padding at the end of a pass) are skipped entirely."""
         if not self.session_parallel:
             return super().train_step(data)
         import tensorflow as tf
 
-        items, targets = data["items"], data["targets"]
-        reset, valid = ops.cast(data["reset"], "bool"), ops.cast(data["valid"], "bool")
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+        cols = {k: tf.convert_to_tensor(data[k]) for k in ("items", "targets", "reset", "valid")}
+        if cols["items"].shape.rank == 1:
+            cols = {k: v[:, None] for k, v in cols.items()}
+        apply = self._step_fn() if self.jit_step else self.apply_session_step
 
-        def step():
-            samples = None
-            if self.n_sample:
-                samples = ops.cast(keras.random.categorical(
-                    ops.expand_dims(self.sample_logits, 0), self.n_sample, seed=self.seed_gen)[0], "int32")
-            with tf.GradientTape() as tape:
-                out, new_state = self.session_forward(items, reset, self.session_state, training=True)
-                scores = self.sampled_scores(out, targets, samples)
-                loss = L.session_loss(self.loss_name, scores, valid, self.n_sample, self.bpreg)
-            grads = tape.gradient(loss, self.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-            self.session_state.assign(ops.where(ops.expand_dims(valid, -1), new_state,
-                                                ops.zeros_like(new_state)))
-            self.loss_tracker.update_state(loss)
-            return loss
+        def one(k):
+            items, targets = cols["items"][:, k], cols["targets"][:, k]
+            reset, valid = cols["reset"][:, k], cols["valid"][:, k]
 
-        # padding steps (no valid lane) are skipped: no optimizer step, state untouched
-        tf.cond(ops.any(valid), step, lambda: tf.constant(0.0))
+            def step():
+                loss = apply(items, targets, reset, valid, self.draw_samples())
+                self.loss_tracker.update_state(loss)
+                return tf.constant(0)
+
+            # padding steps (no valid lane): no sampling, no optimizer step, state untouched
+            tf.cond(tf.reduce_any(tf.cast(valid, tf.bool)), step, lambda: tf.constant(0))
+
+        K = cols["items"].shape[1]
+        if K == 1:
+            one(0)
+        else:
+            tf.while_loop(lambda k: k < K, lambda k: (one(k), k + 1)[1], [tf.constant(0)])
         return {"loss": self.loss_tracker.result()}
 
     @property
@@ -487,7 +610,7 @@ class GRU4Rec(SequentialRecommender):
             return super().make_dataset(seqs, shuffle, batch_size)
         if batch_size not in (None, self.batch_size):
             raise ValueError("session-parallel batch size is fixed by the model's batch_size")
-        return session_step_dataset(seqs, self.batch_size, self.seed, shuffle)
+        return session_step_dataset(seqs, self.batch_size, self.seed, shuffle, chunk=self.session_chunk)
 
     def set_sampler(self, counts):
         """Sets the extra-negative sampler from training item counts."""
@@ -521,4 +644,5 @@ class GRU4Rec(SequentialRecommender):
                 "elu_param": self.elu_param, "dropout_embed": self.dropout_embed,
                 "dropout_hidden": self.dropout_hidden,
                 "constrained_embedding": self.constrained_embedding,
-                "embedding_dim": self.embedding_dim, "session_parallel": self.session_parallel}
+                "embedding_dim": self.embedding_dim, "session_parallel": self.session_parallel,
+                "session_chunk": self.session_chunk, "jit_step": self.jit_step}
