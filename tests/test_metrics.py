@@ -5,7 +5,7 @@ import pytest
 
 from tfrec.data import SequenceSet
 from tfrec.evaluation import PROTOCOLS, Protocol, evaluate
-from tfrec.metrics import RankingMetric, metrics_from_ranks, perplexity, ranks_from_scores, rmse
+from tfrec.metrics import UNRANKED, RankingMetric, metrics_from_ranks, perplexity, ranks_from_scores, rmse
 
 
 def test_ranks_conservative_and_optimistic():
@@ -114,3 +114,36 @@ def test_hcrnn_protocol_definition():
     assert (p.ties, p.exclude_padding, p.scale, p.ks) == ("optimistic", False, 100.0, (3, 20))
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate(_Const(), SequenceSet.from_lists([[1, 2]]), "sampled")
+
+
+@pytest.mark.parametrize("ties", ["conservative", "optimistic"])
+def test_nan_target_score_is_a_miss_not_a_hit(ties):
+    # a diverged model (all NaN) must score 0, never 100 (NaN comparisons are false)
+    scores = np.array([[np.nan, np.nan, np.nan, np.nan], [0.1, np.nan, 0.3, 0.2]])
+    r = ranks_from_scores(scores, np.array([2, 2]), ties)
+    assert r.tolist() == [UNRANKED, 1]  # NaN target: unranked; NaN other item: never above the target
+    masked = ranks_from_scores(scores, np.array([2, 2]), ties, candidate_mask=np.array([False, True, True, True]))
+    assert masked.tolist() == [UNRANKED, 1]
+    m = metrics_from_ranks(r, ks=(3, 20), metrics=("recall", "mrr", "ndcg"))
+    assert m == {"recall@3": 0.5, "recall@20": 0.5, "mrr@3": 0.5, "mrr@20": 0.5, "ndcg@3": 0.5, "ndcg@20": 0.5}
+
+
+def test_streaming_metric_counts_nan_target_as_miss():
+    m = RankingMetric("recall", k=3, ties="optimistic")
+    m.update_state(np.array([1, 1]), np.array([[np.nan, np.nan, np.nan, np.nan], [0.9, 0.1, 0.0, 0.0]], "float32"))
+    assert float(m.result()) == pytest.approx(0.5)
+
+
+def test_evaluate_warns_when_scores_are_nan():
+    from tfrec.data import SequenceSet
+    from tfrec.evaluation import evaluate
+
+    class Diverged:
+        num_items = 4
+
+        def score_prefix_batch(self, x):
+            return np.full((len(x["items"]), 4), np.nan, "float32")
+
+    with pytest.warns(RuntimeWarning, match="3 of 3 targets have NaN scores"):
+        out = evaluate(Diverged(), SequenceSet.from_lists([[1, 2, 3, 1]]), protocol="hcrnn")
+    assert out["recall@20"] == 0.0

@@ -20,6 +20,7 @@ silently: :func:`evaluate` always ranks against every item unless
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -90,6 +91,7 @@ def collect_ranks(model, seqs: SequenceSet, protocol: Union[str, Protocol] = "de
     feats = tuple(getattr(model, "input_features", ("items",)))
     use_sequence = bool(getattr(model, "causal", False)) and not p.exclude_history
     ranks, logps = [], []
+    nan_targets = 0
     bar = _progress(seqs.num_targets, progress, "evaluate")
     rng = np.random.default_rng(seed)
     if use_sequence:
@@ -120,6 +122,7 @@ def collect_ranks(model, seqs: SequenceSet, protocol: Union[str, Protocol] = "de
         yy = np.asarray(y)
         r = ranks_from_scores(scores, yy, p.ties, mask)
         valid = yy != 0
+        nan_targets += int(np.isnan(np.take_along_axis(scores, yy[..., None], axis=-1)[..., 0])[valid].sum())
         ranks.append(r[valid])
         if getattr(model, "probabilistic", False):
             logps.append(_log_softmax_at(scores, yy)[valid])
@@ -129,6 +132,9 @@ def collect_ranks(model, seqs: SequenceSet, protocol: Union[str, Protocol] = "de
         bar.close()
     ranks = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
     logps = np.concatenate(logps) if logps else None
+    if nan_targets:
+        warnings.warn(f"{nan_targets} of {len(ranks)} targets have NaN scores (the model diverged); "
+                      "they count as misses", RuntimeWarning, stacklevel=2)
     return ranks, logps
 
 

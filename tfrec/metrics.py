@@ -9,6 +9,11 @@ Rank of the target among all candidate items (1 = best):
 * ``optimistic``: ``1 +`` number of candidates scoring strictly ``>`` the target
   (what the HCRNN authors' code does).
 
+A target whose score is NaN (a diverged model) gets rank :data:`UNRANKED` under both
+rules, a miss at every cut-off: comparisons with NaN are false, so without this rule
+it would count as ranked first (optimistic) and report perfect metrics. NaN scores
+of other items never rank above the target.
+
 Metrics for one target per sample (``K`` = cut-off):
 
 * ``recall@K`` = ``hitrate@K`` = share of samples with rank ``<= K``;
@@ -26,6 +31,8 @@ import numpy as np
 from keras import ops
 
 TIES = ("conservative", "optimistic")
+#: rank given to a target whose score is NaN: beyond every cut-off.
+UNRANKED = np.iinfo(np.int32).max
 METRICS = ("recall", "mrr", "precision", "ndcg", "hitrate")
 
 
@@ -67,7 +74,8 @@ def ranks_from_scores(scores, targets, ties: str = "conservative", candidate_mas
         np.put_along_axis(cm, targets[..., None], True, axis=-1)
         cmp &= cm
     count = cmp.sum(axis=-1)
-    return count if ties == "conservative" else count + 1
+    rank = count if ties == "conservative" else count + 1
+    return np.where(np.isnan(t[..., 0]), UNRANKED, rank)
 
 
 def metrics_from_ranks(ranks, ks: Sequence[int] = (5, 20),
@@ -148,6 +156,8 @@ class RankingMetric(keras.metrics.Metric):
             rank = ops.sum(ops.cast(y_pred >= t, "float32"), axis=-1)
         else:
             rank = 1.0 + ops.sum(ops.cast(y_pred > t, "float32"), axis=-1)
+        # a NaN target score is a miss (worst rank), never a hit (see module docstring)
+        rank = ops.where(ops.isnan(ops.squeeze(t, -1)), float(UNRANKED), rank)
         hit = ops.cast(rank <= self.k, "float32")
         if self.kind in ("recall", "hitrate"):
             v = hit

@@ -174,7 +174,9 @@ class SequentialRecommender(keras.Model, Recommender):
     ``fit`` accepts a :class:`~tfrec.data.SequenceDataset` in place of ``x``: it
     builds the training pipeline, validates with full ranking on ``valid`` every
     epoch (``validation_protocol``), restores the best epoch's weights and stores
-    ``model.best_epoch`` / ``model.best_metrics``; ``validation_state`` (a
+    ``model.best_epoch`` / ``model.best_metrics``, stops at the first NaN loss
+    (``TerminateOnNaN``; NaN scores also count as misses in validation, never as
+    hits); ``validation_state`` (a
     directory) makes that bookkeeping survive a restart (used with
     ``BackupAndRestore``). Any other ``x`` goes to Keras unchanged.
     """
@@ -297,6 +299,9 @@ class SequentialRecommender(keras.Model, Recommender):
                 f"dataset has {data.num_items} item classes but the model was built for {self.num_items}"
             )
         callbacks = list(callbacks or [])
+        if not any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks):
+            # a diverged run stops at once; the best finite epoch's weights are restored
+            callbacks.append(keras.callbacks.TerminateOnNaN())
         val = None
         if len(data.valid) and data.valid.num_targets:
             val = RankingValidation(data.valid, protocol=validation_protocol, monitor=monitor,
