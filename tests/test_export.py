@@ -91,7 +91,21 @@ class TinyWindowMean(SequentialRecommender):
         return dict(super().get_config(), num_users=self.num_users, units=self.units)
 
 
-TINY_MODELS = {"tiny_step_gru": TinyStepGRU, "tiny_window_mean": TinyWindowMean}
+class TinyStepMatrix(TinyStepGRU):
+    """:class:`TinyStepGRU` whose recurrent state is a nested, higher-rank structure
+    (``{"h": [B, 2, units / 2]}``): export must carry it as one flat ``state_0`` ``[B, units]``."""
+
+    def initial_state(self, batch_size):
+        return {"h": ops.zeros((batch_size, 2, self.units // 2))}
+
+    def step(self, state, inputs, training=False):
+        h = ops.reshape(state["h"], (-1, self.units))
+        logits, [h2] = super().step([h], inputs, training)
+        return logits, {"h": ops.reshape(h2, (-1, 2, self.units // 2))}
+
+
+TINY_MODELS = {"tiny_step_gru": TinyStepGRU, "tiny_step_matrix": TinyStepMatrix,
+               "tiny_window_mean": TinyWindowMean}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -226,7 +240,7 @@ def test_export_scores_equal_model_scores(name, exports):
     assert not (FORBIDDEN_OPS & graph_ops(path)), f"{name}: Python ops in the graph"
 
 
-@pytest.mark.parametrize("name", ["tiny_step_gru", "tiny_window_mean", "itemknn"])
+@pytest.mark.parametrize("name", ["tiny_step_gru", "tiny_step_matrix", "tiny_window_mean", "itemknn"])
 def test_step_signature_matches_replay(name, exports):
     """Advancing a session event by event through ``step`` gives the scores of replaying its
     history (recurrent protocol: exactly; window state: exactly while the history fits the window,
@@ -236,7 +250,7 @@ def test_step_signature_matches_replay(name, exports):
     loaded = tf.saved_model.load(path)
     info = json.load(open(os.path.join(path, "assets.extra", EXPORT_INFO)))
     window = int(info["step"].split(":")[1]) if info["step"].startswith("window") else None
-    assert (window is None) == (name == "tiny_step_gru")
+    assert (window is None) == name.startswith("tiny_step")
     rng = np.random.default_rng(3)
     L, B = 9, 3
     items = rng.integers(1, data.num_items, (B, L)).astype(np.int32)
@@ -258,6 +272,9 @@ def test_step_signature_matches_replay(name, exports):
         if "user" in feats:
             inp["user_id"] = tf.constant(uid)
         state = loaded.signatures["step"](**inp)
+        if window is None:  # the model's own state travels flat: [B, D] per tensor
+            flat = {k: tuple(v.shape) for k, v in state.items() if k.startswith("state_") and k[6:].isdigit()}
+            assert flat == {"state_0": (B, model.units)}, flat
         a = 0 if window is None else max(0, t + 1 - window)
         x = {"items": items[:, a : t + 1]}
         if "deltas" in feats:
@@ -280,6 +297,59 @@ def test_step_signature_matches_replay(name, exports):
         np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-4, atol=1e-5, err_msg=f"step {t}")
     if window is not None:
         assert L > window or name == "itemknn"  # the window overflowed at least for the tiny model
+
+
+@pytest.mark.parametrize("name", ["gru4rec_ce", "lstm4rec"])
+def test_exported_rnn_step_equals_replaying_the_full_history(name, exports):
+    """The ``step`` signature of an exported recurrent model uses the model's own O(1)
+    state and gives, after every event, the top-K of replaying the whole history through
+    ``serving_default`` of the same SavedModel (K = all items, so the full ranking)."""
+    model, path, data = exports(name)
+    info = json.load(open(os.path.join(path, "assets.extra", EXPORT_INFO)))
+    assert info["step"] == "model"
+    loaded = tf.saved_model.load(path)
+    step_sig = loaded.signatures["step"]
+    state_inputs = sorted(k for k in step_sig.structured_input_signature[1] if k.startswith("state_"))
+    assert state_inputs == (["state_0", "state_1"] if name == "lstm4rec" else ["state_0"])
+    rng = np.random.default_rng(5)
+    B, L, K = 3, 12, data.num_items - 1
+    items = rng.integers(1, data.num_items, (B, L)).astype(np.int32)
+    raw = np.array([[t.encode() for t in data.item_vocab.ids(r)] for r in items], object)
+    state = loaded.signatures["initial_state"](sessions=tf.constant(np.array([b"a", b"b", b"c"], object)))
+    for t in range(L):
+        prev = {k: state[k] for k in state_inputs}
+        for v in prev.values():  # flat float state, [B, units]
+            assert v.dtype == tf.float32 and tuple(v.shape) == (B, model.units)
+        state = step_sig(item=tf.constant(raw[:, t]), k=tf.fill([B], K), **prev)
+        rep = loaded.signatures["serving_default"](
+            items=tf.constant(raw[:, : t + 1]), lengths=tf.fill([B], t + 1), k=tf.fill([B], K),
+            exclude_seen=tf.zeros([B], tf.bool))
+        for b in range(B):  # compare scores by item id (ties may order ids differently)
+            got = dict(zip(state["item_ids"].numpy()[b], state["scores"].numpy()[b]))
+            want = dict(zip(rep["item_ids"].numpy()[b], rep["scores"].numpy()[b]))
+            assert got.keys() == want.keys()
+            np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} session {b} after {t + 1} events")
+    # the state carries the history: a fresh session fed only the last item ranks differently
+    fresh = loaded.signatures["initial_state"](sessions=tf.constant([b"z"]))
+    one = step_sig(item=tf.constant(raw[:1, -1]), k=tf.constant([K]), **{k: fresh[k] for k in state_inputs})
+    assert not np.allclose(one["scores"].numpy()[0], state["scores"].numpy()[0], atol=1e-4)
+
+
+def test_step_mode(data, exports, tmp_path):
+    """``step_mode="window"`` gives a recurrent model the generic window state instead of its
+    own step; ``step_mode="model"`` refuses a model without one."""
+    model, _, ds = exports("gru4rec_ce")
+    path = export(model, str(tmp_path / "win"), data=ds, step_mode="window", step_window=4, warmup=False)
+    info = json.load(open(os.path.join(path, "assets.extra", EXPORT_INFO)))
+    assert info["step"] == "window:4"
+    st = tf.saved_model.load(path).signatures["initial_state"](sessions=tf.constant([b"a"]))
+    assert {"state_items", "state_length"} <= set(st) and tuple(st["state_items"].shape) == (1, 4)
+    spop, _, ds2 = exports("spop")
+    with pytest.raises(ValueError, match="no initial_state/step"):
+        export(spop, str(tmp_path / "spop"), data=ds2, step_mode="model", warmup=False)
+    with pytest.raises(ValueError, match="step_mode"):
+        export(spop, str(tmp_path / "spop"), data=ds2, step_mode="fast", warmup=False)
 
 
 def test_loads_in_fresh_process_without_tfrec(exports, tmp_path):

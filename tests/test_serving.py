@@ -473,3 +473,77 @@ def test_tensor_proto_conversion_matches_tensorflow():
     p2 = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_shape=p.tensor_shape)
     p2.int_val.append(9)  # TF's compact form: one value repeated
     np.testing.assert_array_equal(to_ndarray(p2), [9, 9, 9])
+    # filling a response's own map entry in place gives the same tensor
+    from tensorflow_serving.apis import predict_pb2 as _p
+
+    resp = _p.PredictResponse()
+    for name, a in (("ids", arrays[0]), ("scores", arrays[2])):
+        assert to_proto(a, resp.outputs[name]) is resp.outputs[name]
+        np.testing.assert_array_equal(tf.make_ndarray(resp.outputs[name]), a)
+
+
+# ------------------------------------------------------------------ hot path
+def test_server_path_adds_no_retracing(server, stubs):
+    """50 gRPC requests of varying batch size and history length over three signatures
+    register no new TF function (nothing on the request path traces), every signature is
+    called through its pre-bound flat entry point, and the answers equal the in-process
+    call of the same signature."""
+    from tensorflow.python.eager import context
+
+    from tfrec.serving.server import SignatureRunner
+
+    pred, _ = stubs
+    sv = server.model("rec").resolve()
+    assert all(r.fast for r in sv.runners.values()), {k: r.fast for k, r in sv.runners.items()}
+    state = {k: v.numpy() for k, v in sv.functions["initial_state"](sessions=tf.constant([b"a", b"b"])).items()}
+    rng = np.random.default_rng(0)
+
+    def inputs(i):
+        b, t = 1 + i % 4, 1 + (i * 7) % 9
+        items = rng.integers(1, 20, (b, t)).astype(str).astype(object)
+        items = np.vectorize(lambda x: x.encode(), otypes=[object])(items)
+        lengths = rng.integers(1, t + 1, b).astype(np.int32)
+        if i % 3 == 0:
+            return "serving_default", dict(items=items, lengths=lengths, k=np.full(b, 3, np.int32),
+                                           exclude_seen=np.array([i % 2 == 0] * b))
+        if i % 3 == 1:
+            return "score", dict(items=items, lengths=lengths, candidates=items[:, :2].copy())
+        return "step", dict(item=np.array([b"1", b"2"], object), k=np.array([2, 2], np.int32), **state)
+
+    for i in range(3):  # one request per signature first
+        sig, inp = inputs(i)
+        pred.Predict(request(signature=sig, **inp), timeout=10)
+    before = set(context.context().list_function_names())
+    for i in range(50):
+        sig, inp = inputs(i)
+        resp = pred.Predict(request(signature=sig, **inp), timeout=10)
+        want = SignatureRunner(sv.functions[sig])(inp)
+        assert set(resp.outputs) == set(want)
+        for k, v in want.items():
+            got = tf.make_ndarray(resp.outputs[k])
+            if v.dtype == object:
+                np.testing.assert_array_equal(got, v)
+            else:
+                np.testing.assert_allclose(got, v, rtol=1e-6)
+    after = set(context.context().list_function_names())
+    assert after == before, f"the request path traced new functions: {sorted(after - before)[:5]}"
+
+
+def test_signature_runner_fast_path_equals_public_call(base):
+    """The pre-bound flat call gives exactly what the public keyword call gives, and a
+    runner without the fast path (another TF version) still works."""
+    from tfrec.serving.server import SignatureRunner
+
+    loaded = tf.saved_model.load(os.path.join(str(base / "spop"), "1"))
+    fn = loaded.signatures["serving_default"]
+    inp = good_inputs()
+    fast = SignatureRunner(fn)
+    slow = SignatureRunner(fn)
+    slow.fast = False
+    assert fast.fast and fast.names == sorted(inp)
+    want = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inp.items()}).items()}
+    for r in (fast, slow):
+        got = r(inp)
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])

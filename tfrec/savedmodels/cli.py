@@ -15,6 +15,8 @@ def cmd_export(args):
         kwargs["step_window"] = args.step_window
     if args.model_name:
         kwargs["model_name"] = args.model_name
+    if args.step_mode:
+        kwargs["step_mode"] = args.step_mode
     if args.data:
         from tfrec.data.specs import load_spec
 
@@ -36,4 +38,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--oov", choices=["pad", "error"], help="unknown item ids: ignore or reject")
     p.add_argument("--step-window", type=int, help="history window of the generic step state")
     p.add_argument("--model-name", help="model name in warmup requests")
+    p.add_argument("--step-mode", choices=["auto", "model", "window"],
+                   help="step signature: the model's own O(1) step when it has one (auto, default), "
+                        "require it (model), or the generic window state (window)")
     p.set_defaults(func=cmd_export)

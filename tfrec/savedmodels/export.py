@@ -36,10 +36,13 @@ batch dimension first so TF Serving's request batching applies):
     -> new ``state_*``, ``item_ids``, ``scores``: advances sessions one event at a
     time. A model exposing ``initial_state(batch_size)`` and
     ``step(state, inputs) -> (logits, new_state)`` (recurrent models) is advanced in
-    O(1); for any other model the state is a bounded window of the last
-    ``step_window`` events (``state_items``, ``state_length``, ...), re-scored
-    with ``prefix_logits`` each step -- equal to full replay while the history fits
-    the window, and to scoring the last ``step_window`` events after that.
+    O(1) by its own step; its state tensors travel flat, ``state_<i>`` ``[B, D_i]`` in
+    the order of ``tf.nest.flatten(initial_state)`` (an LSTM: ``state_0`` = h,
+    ``state_1`` = c). For any other model (or with ``step_mode="window"``) the
+    state is a bounded window of the last ``step_window`` events (``state_items``,
+    ``state_length``, ...), re-scored with ``prefix_logits`` each step -- equal to
+    full replay while the history fits the window, and to scoring the last
+    ``step_window`` events after that (not O(1): the cost of a window replay).
 
 The item vocabulary travels with the model: pass ``item_vocab`` (and
 ``user_vocab``), or a ``data`` :class:`~tfrec.data.SequenceDataset`; the CLI
@@ -128,7 +131,7 @@ def _ensure_built(model) -> None:
 
 
 def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequence[str]],
-                 oov: str, step_window: int):
+                 oov: str, step_window: int, step_mode: str = "auto"):
     tf = _tf()
 
     class RecommenderModule(tf.Module):
@@ -158,17 +161,28 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                         tf.range(1, max(len(ut), 1) + 1, dtype=tf.int32)),
                     default_value=0)
             self.oov = oov
-            self.has_step = callable(getattr(model, "step", None)) and callable(
+            self.has_step = step_mode != "window" and callable(getattr(model, "step", None)) and callable(
                 getattr(model, "initial_state", None))
+            if step_mode == "model" and not self.has_step:
+                raise ValueError(f"{type(model).__name__} has no initial_state/step; use step_mode='auto'")
             self.window = int(step_window)
+            if self.has_step:
+                # the model's state structure and per-tensor trailing shapes, taken once (eagerly);
+                # the signatures carry every state tensor flat as ``state_<i>`` ``[B, prod(shape)]``
+                proto = tf.nest.map_structure(tf.convert_to_tensor, model.initial_state(1))
+                self.state_structure = proto
+                self.state_shapes = [tuple(int(d) for d in t.shape[1:]) for t in tf.nest.flatten(proto)]
             self._logits_fn = None
 
         # ---------------------------------------------------------- lookups
-        def lookup_items(self, ids, mask, what="item"):
+        def lookup_items(self, ids, mask=None, what="item"):
+            """Raw ids -> indices (0 = padding / unknown); ``mask`` False marks padding
+            (``None``: every entry is an id)."""
             idx = self.item_table.lookup(ids)
-            idx = tf.where(mask, idx, tf.zeros_like(idx))
+            if mask is not None:
+                idx = tf.where(mask, idx, tf.zeros_like(idx))
             if self.oov == "error":
-                unknown = tf.logical_and(mask, tf.equal(idx, 0))
+                unknown = tf.equal(idx, 0) if mask is None else tf.logical_and(mask, tf.equal(idx, 0))
                 bad = tf.boolean_mask(ids, unknown)
                 check = tf.debugging.Assert(
                     tf.logical_not(tf.reduce_any(unknown)),
@@ -242,16 +256,15 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                                                 message="k needs one entry per row")]
             with tf.control_dependencies(checks):
                 k = tf.identity(k)
-            neg = tf.fill(tf.shape(logits), tf.constant(-np.inf, tf.float32))
-            not_pad = tf.range(self.num_items) > 0
-            keep = tf.broadcast_to(not_pad[None, :], tf.shape(logits))
+            # the padding item (column 0) is never recommended: rank columns 1.. only
+            logits = logits[:, 1:]
             if seen is not None:
-                keep = tf.logical_and(keep, tf.logical_not(seen))
-            logits = tf.where(keep, logits, neg)
+                logits = tf.where(seen[:, 1:], tf.fill(tf.shape(logits), tf.constant(-np.inf, tf.float32)),
+                                  logits)
             kmax = tf.reduce_max(tf.concat([k, [1]], 0))
             scores, idx = tf.math.top_k(logits, k=kmax)
             valid = tf.range(kmax)[None, :] < k[:, None]
-            ids = tf.gather(self.item_tokens, idx)
+            ids = tf.gather(self.item_tokens, idx + 1)
             ids = tf.where(valid, ids, tf.fill(tf.shape(ids), PAD_ID))
             scores = tf.where(valid, scores, tf.fill(tf.shape(scores), tf.constant(-np.inf, tf.float32)))
             return {"item_ids": ids, "scores": scores}
@@ -267,8 +280,7 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
         def score(self, items, lengths, candidates, **feats):
             x = self.history_inputs(items, lengths, **feats)
             logits = self.logits(x)
-            cmask = tf.ones_like(candidates, tf.bool)
-            cidx = self.lookup_items(candidates, cmask, "candidate")
+            cidx = self.lookup_items(candidates, None, "candidate")
             s = tf.gather(logits, cidx, axis=1, batch_dims=1)
             return {"scores": tf.where(cidx > 0, s, tf.fill(tf.shape(s), tf.constant(-np.inf, tf.float32)))}
 
@@ -277,7 +289,8 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
             b = tf.shape(sessions)[0]
             if self.has_step:
                 st = tf.nest.flatten(model.initial_state(b))
-                state = {f"state_{i}": tf.convert_to_tensor(s) for i, s in enumerate(st)}
+                state = {f"state_{i}": tf.reshape(tf.convert_to_tensor(s), [b, int(np.prod(shape))])
+                         for i, (s, shape) in enumerate(zip(st, self.state_shapes))}
             else:
                 state = {"state_items": tf.zeros([b, self.window], tf.int32),
                          "state_length": tf.zeros([b], tf.int32)}
@@ -290,7 +303,7 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
             return state
 
         def step(self, state, item, k, timestamp=None, value=None, user_id=None):
-            idx = self.lookup_items(item, tf.ones_like(item, tf.bool))
+            idx = self.lookup_items(item)
             out = {}
             delta = None
             if "deltas" in self.features:
@@ -300,10 +313,11 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                 delta = tf.cast(delta, tf.float32)
                 out["state_last_time"] = ts
             if self.has_step:
-                names = sorted((n for n in state if n.startswith("state_") and n[6:].isdigit()),
-                               key=lambda n: int(n[6:]))
-                structure = model.initial_state(1)
-                prev = tf.nest.pack_sequence_as(structure, [state[n] for n in names])
+                b = tf.shape(idx)[0]
+                flat = [tf.reshape(state[f"state_{i}"], tf.concat([[b], tf.constant(shape, tf.int32)], 0))
+                        if len(shape) != 1 else state[f"state_{i}"]
+                        for i, shape in enumerate(self.state_shapes)]
+                prev = tf.nest.pack_sequence_as(self.state_structure, flat)
                 ev = {"items": idx}
                 if delta is not None:
                     ev["deltas"] = delta
@@ -313,7 +327,8 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                     ev["user"] = self.lookup_users(user_id)
                 logits, new = model.step(prev, ev)
                 for i, s in enumerate(tf.nest.flatten(new)):
-                    out[f"state_{i}"] = tf.convert_to_tensor(s)
+                    s = tf.convert_to_tensor(s)
+                    out[f"state_{i}"] = s if s.shape.rank == 2 else tf.reshape(s, [b, -1])
                 logits = tf.cast(logits, tf.float32)
             else:
                 W = self.window
@@ -496,7 +511,7 @@ def write_warmup(path: str, model_name: str, requests: dict, step_request: Optio
 
 def export(model, base_dir: str, version: Optional[int] = None, item_vocab=None, user_vocab=None,
            data=None, model_name: Optional[str] = None, oov: Optional[str] = None,
-           step_window: Optional[int] = None, warmup: bool = True) -> str:
+           step_window: Optional[int] = None, warmup: bool = True, step_mode: str = "auto") -> str:
     """Exports ``model`` as ``base_dir/<version>/`` for TF Serving.
 
     Args:
@@ -514,6 +529,9 @@ def export(model, base_dir: str, version: Optional[int] = None, item_vocab=None,
         step_window: history kept by the generic ``step`` state (models without
             their own ``step``); default ``model.max_length`` or 50.
         warmup: write ``assets.extra/tf_serving_warmup_requests``.
+        step_mode: ``"auto"`` (the model's own ``initial_state``/``step`` when it has
+            them, else the bounded window), ``"model"`` (require the model's step) or
+            ``"window"`` (always the generic window state, e.g. to compare).
 
     Returns:
         The path of the written version directory.
@@ -542,6 +560,8 @@ def export(model, base_dir: str, version: Optional[int] = None, item_vocab=None,
     oov = oov or (getattr(item_vocab, "oov", None) or "pad")
     if oov not in ("pad", "error"):
         raise ValueError(f"oov must be 'pad' or 'error', got {oov!r}")
+    if step_mode not in ("auto", "model", "window"):
+        raise ValueError(f"step_mode must be 'auto', 'model' or 'window', got {step_mode!r}")
     feats = ("items",) + export_features(model)
     user_tokens = None
     if "user" in feats:
@@ -570,7 +590,7 @@ def export(model, base_dir: str, version: Optional[int] = None, item_vocab=None,
     if os.path.exists(final):
         raise FileExistsError(f"{final} already exists; choose another version")
 
-    mod = _make_module(model, item_tokens, user_tokens, oov, window)
+    mod = _make_module(model, item_tokens, user_tokens, oov, window, step_mode)
     fns, specs = _signature_functions(mod, window)
     name = model_name or getattr(model, "registry_name", "") or type(model).__name__.lower()
 

@@ -33,16 +33,19 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         self.server = server
 
     def Predict(self, request, context):
+        # Hot path: runs on the gRPC worker thread that received the request, with no
+        # further thread hop when batching is off (the signature runs right here).
         try:
-            version, label = _spec_version(request.model_spec)
+            spec = request.model_spec
+            version, label = _spec_version(spec)
             try:
                 inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
             except Exception as e:  # noqa: BLE001
                 raise ServingError("INVALID_ARGUMENT", f"cannot decode input tensors: {e}")
-            sig = request.model_spec.signature_name or "serving_default"
-            sv, out = self.server.predict(request.model_spec.name, inputs, sig, version, label)
-            filt = list(request.output_filter)
-            if filt:
+            sig = spec.signature_name or "serving_default"
+            sv, out = self.server.predict(spec.name, inputs, sig, version, label)
+            if request.output_filter:
+                filt = list(request.output_filter)
                 unknown = [k for k in filt if k not in out]
                 if unknown:
                     raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: "
@@ -52,8 +55,9 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
             resp.model_spec.name = sv.name
             resp.model_spec.version.value = sv.version
             resp.model_spec.signature_name = sig
+            outputs = resp.outputs
             for k, v in out.items():
-                resp.outputs[k].CopyFrom(to_proto(v))
+                to_proto(v, outputs[k])  # filled in place, no intermediate message
             return resp
         except ServingError as e:
             _abort(context, e)
