@@ -8,10 +8,24 @@ from keras import layers, ops
 
 def masked_softmax(scores, mask, axis=-1):
     """Softmax over ``axis`` with entries where ``mask`` is False given zero weight.
-    Rows with no valid entry get all-zero weights."""
-    mask = ops.cast(mask, scores.dtype)
-    scores = scores - ops.max(scores - (1.0 - mask) * 1e9, axis=axis, keepdims=True)
-    e = ops.exp(scores) * mask
+    Rows with no valid entry get all-zero weights.
+
+    Masked entries never reach ``exp``: however large their scores (e.g. future keys
+    of a causal dot-product attention), they cannot overflow to ``inf * 0 = NaN``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = masked_softmax(np.array([[0.0, 0.0, 1e4]], "float32"), np.array([[True, True, False]]))
+    >>> np.round(np.asarray(w), 3).tolist()
+    [[0.5, 0.5, 0.0]]
+    """
+    valid = ops.cast(mask, "bool")
+    lowest = ops.full_like(scores, float("-inf"))
+    top = ops.max(ops.where(valid, scores, lowest), axis=axis, keepdims=True)
+    top = ops.stop_gradient(ops.where(ops.isfinite(top), top, ops.zeros_like(top)))  # empty rows: 0
+    shifted = ops.where(valid, scores - top, ops.zeros_like(scores))
+    e = ops.exp(shifted) * ops.cast(valid, scores.dtype)
     return ops.divide_no_nan(e, ops.sum(e, axis=axis, keepdims=True))
 
 
