@@ -1,56 +1,59 @@
 """Serving latency: tfrec's TF-Serving-compatible gRPC server vs an in-process call of the
 same SavedModel, and the ``step`` signature vs replaying the whole history.
 
-Bounded and loopback only. The model is GRU4REC in HCRNN's table form (``gru4rec_ce``:
-embedding 100, GRU 100, full softmax) over a catalogue of ``--items`` items, with random
-weights (latency does not depend on training). ``gru4rec_ce`` does not define the recurrent
-step protocol itself yet, so the step measurement uses a subclass that adds it
-(``initial_state`` / ``step`` on the model's own layers, same weights); the benchmark checks
-that stepping reproduces the replay scores before timing. The generic bounded-window step that
-every other model gets is timed too.
+Bounded and loopback only. The model is the registered ``gru4rec_ce`` (HCRNN's table form
+of GRU4REC: embedding 100, GRU 100, full softmax) over a catalogue of ``--items`` items, with
+random weights (latency does not depend on training), exported with
+:func:`tfrec.savedmodels.export`. It implements the O(1) recurrent step protocol
+(``initial_state`` / ``step``), so its ``step`` signature advances the GRU state by one event.
 
-    python benchmarks/serving.py [--items 10000] [--requests 300]
+* Server overhead: the in-process baseline calls the same SavedModel signature the same way
+  the server does (:class:`tfrec.serving.server.SignatureRunner`: numpy inputs ->
+  ``tf.constant`` -> the concrete function -> numpy outputs), so the difference is what the
+  server adds: the client stub, gRPC over loopback, proto <-> numpy conversion, input
+  validation and the response. The gRPC client builds each request from numpy (as a client
+  does) and decodes the response to numpy. At concurrency 1 the paths alternate request by
+  request, so load from other processes hits them alike; CPU time per request (client
+  process and server process, from ``/proc``) is reported as well since it hardly depends
+  on load.
+* ``step`` vs full replay at ``--step-history`` events, both called in-process through the
+  same runner; the generic bounded-window step that models without their own step get is
+  timed too (the same weights exported with ``step_mode="window"``).
 
-Writes ``benchmarks/results/serving.json`` and ``.md``.
+    python benchmarks/serving.py [--items 10000] [--requests 300] [--server process|thread]
+
+Writes ``benchmarks/results/<--name>.json`` and ``.md`` (default ``serving``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import command, machine, md_table, write_results  # noqa: E402
 
 
-def make_model(num_items: int, steppable: bool):
+def make_model(num_items: int):
     import keras
-    from keras import ops
 
     from tfrec.models.gru4rec import GRU4RecCE
 
-    class SteppableGRU4RecCE(GRU4RecCE):
-        """gru4rec_ce plus the recurrent step protocol (initial_state / step)."""
-
-        def initial_state(self, batch_size):
-            return [ops.zeros((batch_size, self.units))]
-
-        def step(self, state, inputs, training=False):
-            x = self.item_embedding(inputs["items"])
-            h, new = self.rnn.cell(x, state, training=False)
-            return self.decode(h), list(new) if isinstance(new, (list, tuple)) else [new]
-
     keras.utils.set_random_seed(0)
-    cls = SteppableGRU4RecCE if steppable else GRU4RecCE
-    return cls(num_items=num_items, embedding_dim=100, units=100)
+    model = GRU4RecCE(num_items=num_items, embedding_dim=100, units=100)
+    model.score_prefix_batch({"items": np.array([[1, 2]], np.int32)})  # build the weights
+    return model
 
 
 def percentiles(ms):
@@ -81,24 +84,55 @@ def run_load(call, concurrency: int, per_thread: int, warmup: int = 10):
     return dict(percentiles(flat), qps=len(flat) / wall, concurrency=concurrency)
 
 
+def run_interleaved(calls: dict, n: int, warmup: int = 10, cpu_of=None):
+    """Concurrency 1, the calls alternating request by request, so that load changes on a
+    shared machine hit every path alike. ``cpu_of`` maps a path to a function returning
+    the CPU seconds of another process it uses (the server). Returns per-path stats and
+    per-path latency lists (ms)."""
+    cpu_of = cpu_of or {}
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    lat = {name: [] for name in calls}
+    t_total = {name: 0.0 for name in calls}
+    cpu = {name: 0.0 for name in calls}
+    other = {name: 0.0 for name in calls}
+    for _ in range(n):
+        for name, call in calls.items():
+            o = cpu_of[name]() if name in cpu_of else 0.0
+            c = time.process_time()
+            t = time.perf_counter()
+            call()
+            dt = time.perf_counter() - t
+            cpu[name] += time.process_time() - c
+            if name in cpu_of:
+                other[name] += cpu_of[name]() - o
+            lat[name].append(dt * 1e3)
+            t_total[name] += dt
+    out = {}
+    for name, v in lat.items():
+        r = dict(percentiles(v), qps=n / t_total[name], concurrency=1, cpu_ms=cpu[name] / n * 1e3)
+        if name in cpu_of:
+            r["server_cpu_ms"] = other[name] / n * 1e3
+        out[name] = r
+    return out, lat
+
+
 def start_server(args, base: str):
-    """``tfrec serve`` in its own process (as deployed), or in a thread of this one."""
+    """``tfrec serve`` in its own process (as deployed), or in a thread of this one.
+    Returns (port, stop, pid or None)."""
     if args.server == "thread":
         from tfrec.serving import ModelServer
 
         srv = ModelServer.from_base_path("gru4rec", base, file_system_poll_wait_seconds=0)
         srv.start(port=0, rest_api_port=None)
         return srv.port, srv.stop, None
-    import re
-    import subprocess
-
     cmd = [sys.executable, "-m", "tfrec.cli", "serve", "--model_name", "gru4rec", "--model_base_path", base,
            "--port", "0", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "0"]
     if args.threads:
         cmd += ["--tensorflow_intra_op_parallelism", str(args.threads),
                 "--tensorflow_inter_op_parallelism", str(args.threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     port = None
     for line in proc.stdout:
         m = re.search(r"gRPC 127\.0\.0\.1:(\d+)", line)
@@ -124,26 +158,15 @@ def process_cpu_seconds(pid) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_interleaved(calls: dict, n: int, warmup: int = 10):
-    """Concurrency 1, the calls alternating request by request, so that load changes on a
-    shared machine hit every path alike. Returns per-path latency lists (ms)."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    lat = {name: [] for name in calls}
-    t_total = {name: 0.0 for name in calls}
-    cpu = {name: 0.0 for name in calls}
-    for _ in range(n):
-        for name, call in calls.items():
-            c = time.process_time()
-            t = time.perf_counter()
-            call()
-            dt = time.perf_counter() - t
-            cpu[name] += time.process_time() - c
-            lat[name].append(dt * 1e3)
-            t_total[name] += dt
-    return {name: dict(percentiles(v), qps=n / t_total[name], concurrency=1, cpu_ms=cpu[name] / n * 1e3)
-            for name, v in lat.items()}, lat
+def step_protocol_models() -> dict:
+    """Registered model -> True when it implements ``initial_state``/``step`` itself."""
+    from tfrec.models import registry
+
+    out = {}
+    for name in registry.names():
+        cls = registry.get(name).cls
+        out[name] = callable(getattr(cls, "step", None)) and callable(getattr(cls, "initial_state", None))
+    return out
 
 
 def main(argv=None):
@@ -152,12 +175,13 @@ def main(argv=None):
     p.add_argument("--requests", type=int, default=300, help="requests per measurement at concurrency 1")
     p.add_argument("--history", type=int, default=50)
     p.add_argument("--step-history", type=int, default=100)
+    p.add_argument("--step-window", type=int, default=50, help="window of the generic (fallback) step")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--name", default="serving", help="results file name")
     p.add_argument("--server", choices=["process", "thread"], default="process",
                    help="run tfrec serve in its own process (default, as deployed) or in a thread")
     p.add_argument("--threads", type=int, default=0,
-                   help="TF intra/inter-op threads (0: TF default; TF Serving's "
+                   help="TF intra/inter-op threads in both processes (0: TF default; TF Serving's "
                         "--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism)")
     args = p.parse_args(argv)
 
@@ -171,17 +195,19 @@ def main(argv=None):
 
     from tfrec.data.vocab import Vocabulary
     from tfrec.savedmodels import export
+    from tfrec.serving.server import SignatureRunner
+    from tfrec.serving.tensors import to_ndarray, to_proto
+
     load_before = os.getloadavg()
+    affinity = sorted(os.sched_getaffinity(0))
     vocab = Vocabulary([f"i{j}" for j in range(1, args.items)])
     tmp = tempfile.mkdtemp(prefix="tfrec-serving-bench-")
-    model = make_model(args.items, steppable=True)
+    model = make_model(args.items)
     t0 = time.perf_counter()
-    path = export(model, os.path.join(tmp, "gru4rec"), item_vocab=vocab, model_name="gru4rec")
+    path = export(model, os.path.join(tmp, "gru4rec"), item_vocab=vocab, model_name="gru4rec", step_mode="model")
     export_s = time.perf_counter() - t0
-    plain = make_model(args.items, steppable=False)
-    plain.score_prefix_batch({"items": np.array([[1, 2]], np.int32)})
-    plain.set_weights(model.get_weights())
-    path_window = export(plain, os.path.join(tmp, "gru4rec_window"), item_vocab=vocab, step_window=args.history)
+    path_window = export(model, os.path.join(tmp, "gru4rec_window"), item_vocab=vocab, model_name="gru4rec",
+                         step_mode="window", step_window=args.step_window, warmup=False)
 
     rng = np.random.default_rng(0)
     hist = rng.integers(1, args.items, args.history)
@@ -191,133 +217,153 @@ def main(argv=None):
 
     loaded = tf.saved_model.load(path)
     fn = loaded.signatures["serving_default"]
-    tensors = {k: tf.constant(v) for k, v in inputs.items()}
+    runner = SignatureRunner(fn)
+    prebuilt = {k: tf.constant(v) for k, v in inputs.items()}
 
     def in_process():
-        out = fn(**tensors)
+        out = runner(inputs)
+        return out["item_ids"], out["scores"]
+
+    def in_process_keyword():  # the public keyword call with tensors built beforehand
+        out = fn(**prebuilt)
         return out["item_ids"].numpy(), out["scores"].numpy()
 
     port, stop_server, server_pid = start_server(args, os.path.join(tmp, "gru4rec"))
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "gru4rec"
-    for k, v in inputs.items():
-        req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
     def via_grpc():
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "gru4rec"
+        for k, v in inputs.items():
+            to_proto(v, req.inputs[k])
         r = stub.Predict(req, timeout=30)
-        return tf.make_ndarray(r.outputs["item_ids"]), tf.make_ndarray(r.outputs["scores"])
+        return to_ndarray(r.outputs["item_ids"]), to_ndarray(r.outputs["scores"])
 
     a, b = in_process(), via_grpc()
     assert (a[0] == b[0]).all() and np.allclose(a[1], b[1]), "gRPC and in-process disagree"
 
-    rows = []
-    cpu0 = process_cpu_seconds(server_pid) if server_pid else None
-    res, lat = run_interleaved({"in-process SavedModel": in_process, "gRPC tfrec serve": via_grpc}, args.requests)
-    server_cpu_ms = ((process_cpu_seconds(server_pid) - cpu0) / args.requests * 1e3) if server_pid else None
-    paired = np.asarray(lat["gRPC tfrec serve"]) - np.asarray(lat["in-process SavedModel"])
-    for name, r in res.items():
-        rows.append({"path": name, **r})
-    for name, call in (("in-process SavedModel", in_process), ("gRPC tfrec serve", via_grpc)):
-        r = run_load(call, 8, max(args.requests // 4, 25))
-        rows.append({"path": name, **r})
+    IN, GRPC, KW = "in-process SavedModel", "gRPC tfrec serve", "in-process, keyword call on prebuilt tensors"
+    cpu_of = {GRPC: (lambda: process_cpu_seconds(server_pid))} if server_pid else {}
+    res, lat = run_interleaved({IN: in_process, GRPC: via_grpc, KW: in_process_keyword}, args.requests,
+                               cpu_of=cpu_of)
+    paired = np.asarray(lat[GRPC]) - np.asarray(lat[IN])
+    rows = [{"path": name, **r} for name, r in res.items()]
+    for name, call in ((IN, in_process), (GRPC, via_grpc)):
+        rows.append({"path": name, **run_load(call, 8, max(args.requests // 4, 25))})
     for r in rows:
-        print(f"{r['path']:24s} concurrency {r['concurrency']}: p50 {r['p50_ms']:.2f} ms  "
+        print(f"{r['path']:46s} concurrency {r['concurrency']}: p50 {r['p50_ms']:.2f} ms  "
               f"p99 {r['p99_ms']:.2f} ms  {r['qps']:.0f} req/s", flush=True)
     channel.close()
     stop_server()
 
-    # step vs full replay at history length args.step_history
+    # ------------------------------------------------ step vs full replay (history L)
     L = args.step_history
     long_hist = rng.integers(1, args.items, L)
     long_ids = np.array([t.encode() for t in vocab.ids(long_hist)], object)
-    replay_in = {"items": tf.constant(long_ids[None, :]), "lengths": tf.constant([L], tf.int32),
-                 "k": tf.constant([args.k], tf.int32), "exclude_seen": tf.constant([False])}
-    step_fn, init_fn = loaded.signatures["step"], loaded.signatures["initial_state"]
-    state = init_fn(sessions=tf.constant([b"s"]))
-    for t in range(L - 1):
-        state = step_fn(item=tf.constant(long_ids[t : t + 1]), k=tf.constant([args.k], tf.int32),
-                        **{n: v for n, v in state.items() if n.startswith("state_")})
-    prev = {n: v for n, v in state.items() if n.startswith("state_")}
-    last = {"item": tf.constant(long_ids[L - 1 : L]), "k": tf.constant([args.k], tf.int32)}
-    s_out = step_fn(**last, **prev)
-    r_out = fn(**replay_in)
-    step_ok = bool(np.allclose(s_out["scores"].numpy(), r_out["scores"].numpy(), rtol=1e-4, atol=1e-4)
-                   and (s_out["item_ids"].numpy() == r_out["item_ids"].numpy()).all())
-    print("step reproduces replay scores:", step_ok)
+    replay_in = {"items": long_ids[None, :], "lengths": np.array([L], np.int32),
+                 "k": np.array([args.k], np.int32), "exclude_seen": np.array([False])}
+    k1 = np.array([args.k], np.int32)
+
+    def advance(sm, n):
+        step = SignatureRunner(sm.signatures["step"])
+        state = SignatureRunner(sm.signatures["initial_state"])({"sessions": np.array([b"s"], object)})
+        for t in range(n):
+            out = step({**{s: v for s, v in state.items() if s.startswith("state_")},
+                        "item": long_ids[t : t + 1], "k": k1})
+            state = {s: v for s, v in out.items() if s.startswith("state_")}
+        return step, state
+
+    step_run, prev = advance(loaded, L - 1)
+    last = {**prev, "item": long_ids[L - 1 : L], "k": k1}
+    replay_run = runner
+    s_out, r_out = step_run(last), replay_run(replay_in)
+    step_ok = bool(np.allclose(s_out["scores"], r_out["scores"], rtol=1e-4, atol=1e-4)
+                   and (s_out["item_ids"] == r_out["item_ids"]).all())
+    print("step reproduces replay top-k:", step_ok, "| state tensors:",
+          {s: tuple(v.shape) for s, v in prev.items()})
     win = tf.saved_model.load(path_window)
-    wstate = win.signatures["initial_state"](sessions=tf.constant([b"s"]))
-    for t in range(L - 1):
-        wstate = win.signatures["step"](item=tf.constant(long_ids[t : t + 1]), k=tf.constant([args.k], tf.int32),
-                                        **{n: v for n, v in wstate.items() if n.startswith("state_")})
-    wprev = {n: v for n, v in wstate.items() if n.startswith("state_")}
-    step_res, step_lat = run_interleaved({
-        f"full replay ({L} events, serving_default)": lambda: fn(**replay_in)["scores"].numpy(),
-        "step (recurrent state, O(1))": lambda: step_fn(**last, **prev)["scores"].numpy(),
-        f"step (generic window of {args.history})":
-            lambda: win.signatures["step"](**last, **wprev)["scores"].numpy()}, args.requests)
+    wstep_run, wprev = advance(win, L - 1)
+    wlast = {**wprev, "item": long_ids[L - 1 : L], "k": k1}
+    R, S, W = (f"full replay ({L} events, serving_default)", "step (model's recurrent state, O(1))",
+               f"step (generic window of {args.step_window}, fallback)")
+    step_res, _ = run_interleaved({R: lambda: replay_run(replay_in), S: lambda: step_run(last),
+                                   W: lambda: wstep_run(wlast)}, args.requests)
     step_rows = [{"path": name, **r} for name, r in step_res.items()]
     for r in step_rows:
-        print(f"{r['path']:40s} p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+        print(f"{r['path']:46s} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_ms']:.3f} ms",
+              flush=True)
 
     c1 = {r["path"]: r for r in rows if r["concurrency"] == 1}
-    overhead = c1["gRPC tfrec serve"]["p50_ms"] - c1["in-process SavedModel"]["p50_ms"]
+    overhead = c1[GRPC]["p50_ms"] - c1[IN]["p50_ms"]
     paired_overhead = float(np.median(paired))
-    cpu_overhead = None
-    if server_cpu_ms is not None:
-        cpu_overhead = c1["gRPC tfrec serve"]["cpu_ms"] + server_cpu_ms - c1["in-process SavedModel"]["cpu_ms"]
-    speedup_cpu = step_rows[0]["cpu_ms"] / step_rows[1]["cpu_ms"]
-    speedup = step_rows[0]["p50_ms"] / step_rows[1]["p50_ms"]
+    server_cpu = c1[GRPC].get("server_cpu_ms")
+    cpu_overhead = None if server_cpu is None else c1[GRPC]["cpu_ms"] + server_cpu - c1[IN]["cpu_ms"]
+    speedup = step_res[R]["p50_ms"] / step_res[S]["p50_ms"]
+    speedup_cpu = step_res[R]["cpu_ms"] / step_res[S]["cpu_ms"]
+    window_speedup = step_res[R]["p50_ms"] / step_res[W]["p50_ms"]
     load_after = os.getloadavg()
+    protocol = step_protocol_models()
     goals = {"server_overhead_p50_ms": overhead, "server_overhead_paired_median_ms": paired_overhead,
-             "grpc_client_cpu_ms": c1["gRPC tfrec serve"]["cpu_ms"], "server_cpu_ms_per_request": server_cpu_ms,
-             "in_process_cpu_ms": c1["in-process SavedModel"]["cpu_ms"], "overhead_cpu_ms": cpu_overhead,
-             "step_speedup_cpu": speedup_cpu,
-             "server_overhead_goal_ms": 1.0,
-             "server_overhead_met": overhead <= 1.0, "step_speedup_p50": speedup,
+             "grpc_client_cpu_ms": c1[GRPC]["cpu_ms"], "server_cpu_ms_per_request": server_cpu,
+             "in_process_cpu_ms": c1[IN]["cpu_ms"], "overhead_cpu_ms": cpu_overhead,
+             "server_overhead_goal_ms": 1.0, "server_overhead_met": overhead <= 1.0,
+             "step_speedup_p50": speedup, "step_speedup_cpu": speedup_cpu,
+             "window_step_speedup_p50": window_speedup,
              "step_speedup_goal": 10.0, "step_speedup_met": speedup >= 10.0,
              "step_reproduces_replay": step_ok}
-    payload = {"command": (("nice -n %d " % os.nice(0)) if os.nice(0) else "") + command(), "machine": machine(),
-               "threads": args.threads, "server": args.server, "niceness": os.nice(0),
-               "load_average_before": load_before,
+    nice = os.nice(0)
+    cmd = (f"taskset -c {','.join(map(str, affinity))} " if len(affinity) < (os.cpu_count() or 1) else "") + \
+          (f"nice -n {nice} " if nice else "") + command()
+    payload = {"command": cmd, "machine": machine(), "threads": args.threads, "server": args.server,
+               "niceness": nice, "cpu_affinity": affinity, "load_average_before": load_before,
                "load_average_after": load_after, "items": args.items, "history": args.history,
-               "k": args.k, "export_seconds": export_s, "latency": rows, "step_vs_replay": step_rows,
-               "goals": goals}
+               "step_history": L, "step_window": args.step_window, "k": args.k, "export_seconds": export_s,
+               "latency": rows, "step_vs_replay": step_rows, "goals": goals,
+               "models_with_own_step": sorted(n for n, v in protocol.items() if v),
+               "models_with_window_step": sorted(n for n, v in protocol.items() if not v)}
+    fmt = (lambda x: "n/a" if x is None else f"{x:.2f}")
     md = f"""# Serving benchmark
 
-Command: `{("nice -n %d " % os.nice(0)) if os.nice(0) else ""}{command()}`
+Command: `{cmd}`
 
-Model: `gru4rec_ce` (embedding 100, GRU 100, full softmax) over {args.items} items, random
-weights; request: top-{args.k} after a history of {args.history} raw string ids, batch 1.
-TF intra/inter-op threads: {args.threads or "TF default"}. Server: `tfrec serve` in
-{"its own process" if args.server == "process" else "a thread of the benchmark process"}; client: the
-official `PredictionServiceStub` in the benchmark process.
-Loopback only. Measured on a {machine()['cpus']}-core machine shared with other engineers' jobs
-(load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; this process ran at
-niceness {os.nice(0)}): absolute numbers are pessimistic and noisy.
+Model: `gru4rec_ce` (embedding 100, GRU 100, full softmax; the registered model with its own
+O(1) `initial_state`/`step`) over {args.items} items, random weights; request: top-{args.k} after a
+history of {args.history} raw string ids, batch 1. TF intra/inter-op threads: {args.threads or "TF default"}.
+Server: `tfrec serve` in {"its own process" if args.server == "process" else "a thread of the benchmark process"};
+client: the official `PredictionServiceStub` in the benchmark process. CPUs allowed: {affinity}
+(the server process inherits them). Loopback only. Measured on a {machine()['cpus']}-core machine
+shared with other engineers' jobs: load average {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}
+(1/5/15 min) before, {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f} after; this process ran at
+niceness {nice}. Under such load wall-clock numbers are pessimistic and noisy; the CPU times hardly
+depend on it.
 
 ## gRPC server vs in-process call of the same SavedModel
 
-{md_table(rows, ["path", "concurrency", "p50_ms", "p99_ms", "mean_ms", "qps", "n", "cpu_ms"])}
+{md_table(rows, ["path", "concurrency", "p50_ms", "p99_ms", "mean_ms", "qps", "n", "cpu_ms", "server_cpu_ms"])}
 
-At concurrency 1 the two paths alternate request by request (so load changes from other jobs hit
-both alike). Server overhead (p50 gRPC - p50 in-process): **{overhead:.2f} ms**; median of the
-per-pair differences: {paired_overhead:.2f} ms (goal <= 1 ms: {"met" if goals["server_overhead_met"] else "NOT met"}).
-The gRPC figure includes the Python client (tensor proto decoding, the stub) as a real client pays it.
-CPU time per request (load-independent): in-process {goals["in_process_cpu_ms"]:.2f} ms; gRPC client
-{goals["grpc_client_cpu_ms"]:.2f} ms + server process {(server_cpu_ms if server_cpu_ms is not None else float("nan")):.2f} ms,
-i.e. {(cpu_overhead if cpu_overhead is not None else float("nan")):.2f} ms of CPU added by gRPC (client and server) per request.
+The in-process baseline calls the same signature exactly as the server does (`SignatureRunner`:
+numpy -> `tf.constant` -> the concrete function's flat call -> numpy); the third row is the
+public keyword call on tensors built beforehand (the previous baseline), for reference.
+At concurrency 1 the paths alternate request by request. Server overhead (p50 gRPC - p50
+in-process): **{overhead:.2f} ms**; median of the per-pair differences: {paired_overhead:.2f} ms
+(goal <= 1 ms: {"met" if goals["server_overhead_met"] else "NOT met"}). The gRPC figure includes the Python client
+(building the request from numpy, the stub, decoding the response) as a real client pays it.
+CPU per request: in-process {c1[IN]["cpu_ms"]:.2f} ms; gRPC client {c1[GRPC]["cpu_ms"]:.2f} ms + server
+process {fmt(server_cpu)} ms, i.e. {fmt(cpu_overhead)} ms of CPU added by the gRPC path (client and server).
 
-## `step` vs full replay (history length {L}, the three calls alternating)
+## `step` vs full replay (history length {L}, in-process, the three calls alternating)
 
 {md_table(step_rows, ["path", "p50_ms", "p99_ms", "mean_ms", "n", "cpu_ms"])}
 
-Speed-up of the recurrent `step` over replay (p50 wall): **{speedup:.1f}x** (goal >= 10x:
-{"met" if goals["step_speedup_met"] else "NOT met"}); in CPU time per call: {speedup_cpu:.1f}x; the step's top-{args.k} ids and scores equal
-the replay's: {step_ok}. `gru4rec_ce` gets the recurrent step through a benchmark subclass that
-adds `initial_state`/`step` on its own layers; registered models without those methods get the
-generic window step (last row), which re-scores the window and is not O(1).
+Speed-up of the model's own `step` over replaying {L} events (p50 wall): **{speedup:.1f}x** (goal >= 10x:
+{"met" if goals["step_speedup_met"] else "NOT met"}); in CPU time per call: {speedup_cpu:.1f}x. The step's top-{args.k} ids and
+scores after {L} events equal the replay's: {step_ok}. State: {", ".join(f"`{s}` {list(v.shape)}" for s, v in prev.items())}
+(flat float tensors). The generic window step (last row, {window_speedup:.1f}x) is what models without their own
+step get: it re-scores the last {args.step_window} events each call, so it is bounded but not O(1).
+
+Registered models with their own O(1) step: {", ".join(payload["models_with_own_step"])}.
+With the window fallback: {", ".join(payload["models_with_window_step"])}.
 """
     write_results(args.name, payload, md)
     print(md)
