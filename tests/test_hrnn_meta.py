@@ -274,6 +274,8 @@ def _two_replica_child():
     """Run as ``python tests/test_hrnn_meta.py``: 1-device vs 2-replica TBPTT
     training on 2 logical CPU devices; prints one JSON line."""
     import json
+    import shutil
+    import tempfile
 
     import tensorflow as tf
 
@@ -281,6 +283,7 @@ def _two_replica_child():
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tfrec.training.distributed import get_strategy
 
+    tmp = tempfile.mkdtemp()
     ds = toy_dataset(n_seq=60)
     cfg = dict(TINY, lanes=4)
     strategies = {"single": get_strategy("default"), "mirrored": get_strategy("mirrored", devices=2)}
@@ -316,17 +319,39 @@ def _two_replica_child():
             m = registry.build("hrnn", ds, **cfg)
             m.compile(optimizer=keras.optimizers.Adam(3e-3))
         batch_losses = []
-        cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batch_losses.append(logs["loss"]))
-        hist = m.fit(m.make_dataset(ds.train, shuffle=False), epochs=3, verbose=0, callbacks=[cb], shuffle=False)
+        cbs = [keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batch_losses.append(logs["loss"]))]
+        if key == "mirrored":
+            cbs += [keras.callbacks.BackupAndRestore(os.path.join(tmp, "backup"), delete_checkpoint=False),
+                    keras.callbacks.ModelCheckpoint(os.path.join(tmp, "w.weights.h5"), save_weights_only=True)]
+        hist = m.fit(m.make_dataset(ds.train, shuffle=False), epochs=3, verbose=0, callbacks=cbs, shuffle=False)
         out[f"loss_{key}"] = [float(v) for v in hist.history["loss"]]
         out[f"batch_loss_{key}"] = [float(v) for v in batch_losses]
         out[f"trained_carry_{key}"] = m.carry[0].numpy().tolist()
-    # 3) lanes that cannot be split evenly over the replicas
+    # 3) saving a model trained on 2 replicas: .keras file, weights checkpoint and
+    # backup all load on one device (the carry is not saved)
+    xs, _ = Batcher(ds.test, m.input_features).sequence_batch(np.arange(4))
+    want = m.score_sequence_batch(xs)
+    m.save(os.path.join(tmp, "m.keras"))
+    back = keras.saving.load_model(os.path.join(tmp, "m.keras"))
+    fresh = registry.build("hrnn", ds, **cfg)
+    fresh(next(iter(fresh.make_dataset(ds.train)))[0])  # build before loading weights
+    fresh.load_weights(os.path.join(tmp, "w.weights.h5"))
+    out["reload_diff"] = [float(np.abs(k.score_sequence_batch(xs) - want).max()) for k in (back, fresh)]
+    out["reload_lanes"] = [back.carry[0].per_replica_batch_size, fresh.carry[0].per_replica_batch_size]
+    with strategies["mirrored"].scope():  # a rerun resumes from the backup: nothing left to train
+        again = registry.build("hrnn", ds, **cfg)
+        again.compile(optimizer=keras.optimizers.Adam(3e-3))
+    hist = again.fit(again.make_dataset(ds.train, shuffle=False), epochs=3, verbose=0, shuffle=False,
+                     callbacks=[keras.callbacks.BackupAndRestore(os.path.join(tmp, "backup"))])
+    out["resumed_epochs"] = len(hist.history.get("loss", []))
+    out["resumed_diff"] = float(np.abs(again.score_sequence_batch(xs) - want).max())
+    # 4) lanes that cannot be split evenly over the replicas
     with strategies["mirrored"].scope():
         try:
             registry.build("hrnn", ds, **dict(cfg, lanes=3))
         except ValueError as e:
             out["odd_lanes_error"] = str(e)
+    shutil.rmtree(tmp, ignore_errors=True)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -372,6 +397,13 @@ def test_two_replica_tbptt_training_follows_one_device_losses(two_replicas):
     single, mirrored = np.array(r["trained_carry_single"]), np.array(r["trained_carry_mirrored"])
     assert np.abs(single).max() > 0.05
     np.testing.assert_allclose(mirrored, single, atol=1e-2)
+
+
+def test_model_trained_on_two_replicas_saves_and_resumes(two_replicas):
+    r = two_replicas
+    assert r["reload_lanes"] == [4, 4]  # one device: every lane on the one replica
+    assert max(r["reload_diff"]) < 1e-5  # .keras file and weights checkpoint
+    assert r["resumed_epochs"] == 0 and r["resumed_diff"] < 1e-5  # BackupAndRestore
 
 
 def test_lanes_must_split_evenly_over_replicas(two_replicas):

@@ -265,6 +265,15 @@ class HRNNMeta(SequentialRecommender):
             store = {str(i): store[str(i)] for i in range(n)}
         super().load_own_variables(store)
 
+    def build_from_config(self, config):
+        # a TBPTT batch's ``reset`` key makes the call use the lane carry, whose rows
+        # are one replica's lanes (a model built under MirroredStrategy records the
+        # per-replica batch): rebuild without it, which works for any batch size
+        shapes = (config or {}).get("input_shape")
+        if isinstance(shapes, dict) and "reset" in shapes:
+            config = dict(config, input_shape={k: v for k, v in shapes.items() if k != "reset"})
+        super().build_from_config(config)
+
     # ------------------------------------------------------------ construction
     @classmethod
     def from_dataset(cls, data: SequenceDataset, use_user_features: bool = False,
