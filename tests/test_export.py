@@ -334,6 +334,18 @@ def test_exported_rnn_step_equals_replaying_the_full_history(name, exports):
     fresh = loaded.signatures["initial_state"](sessions=tf.constant([b"z"]))
     one = step_sig(item=tf.constant(raw[:1, -1]), k=tf.constant([K]), **{k: fresh[k] for k in state_inputs})
     assert not np.allclose(one["scores"].numpy()[0], state["scores"].numpy()[0], atol=1e-4)
+    # the server's runner takes the step (no control flow) on the single-threaded executor,
+    # replay (a loop) on the default one; both give the public call's answer
+    from tfrec.serving.server import SignatureRunner
+
+    run = SignatureRunner(step_sig)
+    assert run.single_threaded and not SignatureRunner(loaded.signatures["serving_default"]).single_threaded
+    inp = {"item": raw[:, 0], "k": np.full(B, 5, np.int32), **{k: prev[k].numpy() for k in state_inputs}}
+    want = step_sig(**{k: tf.constant(v) for k, v in inp.items()})
+    got = run(inp)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v.numpy(), rtol=1e-6) if v.dtype != tf.string else \
+            np.testing.assert_array_equal(got[k], v.numpy())
 
 
 def test_step_mode(data, exports, tmp_path):

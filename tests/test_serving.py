@@ -547,3 +547,31 @@ def test_signature_runner_fast_path_equals_public_call(base):
         assert set(got) == set(want)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_signature_runner_single_threaded_executor(tmp_path):
+    """Signatures without control flow run on TF's single-threaded executor (kernels on the
+    calling thread); graphs with a loop keep the default executor, and a runner forced onto
+    the single-threaded one falls back to the default on the first call instead of failing."""
+    from tfrec.serving.server import SignatureRunner
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def loop(self, x):
+            return {"y": tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 2.0), (0, x))[1]}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def flat(self, x):
+            return {"y": x * 8.0}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "m"), signatures={"loop": m.loop, "flat": m.flat})
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    x = {"x": np.array([1.0, 2.0], np.float32)}
+    flat, loop = SignatureRunner(loaded.signatures["flat"]), SignatureRunner(loaded.signatures["loop"])
+    assert flat.single_threaded and not loop.single_threaded
+    for r in (flat, loop):
+        np.testing.assert_array_equal(r(x)["y"], [8.0, 16.0])
+    forced = SignatureRunner(loaded.signatures["loop"], single_threaded=True)
+    np.testing.assert_array_equal(forced(x)["y"], [8.0, 16.0])
+    assert not forced.single_threaded  # fell back after the executor refused the loop

@@ -303,6 +303,12 @@ class SignatureRunner:
     used instead. Inputs must already match the signature (see
     :meth:`Servable.check_inputs`).
 
+    A signature whose graph has no control flow (e.g. a recurrent model's ``step``) runs
+    on TF's single-threaded executor: its kernels execute on the calling thread instead
+    of being handed to TF's inter-op threads and back, which saves the hops on a call of
+    a few hundred small ops. Graphs with loops or conditionals (which that executor does
+    not support) use the default executor; so does a signature on which it ever fails.
+
     Example:
 
     >>> fn = tf.saved_model.load(path).signatures["serving_default"]     # doctest: +SKIP
@@ -310,11 +316,17 @@ class SignatureRunner:
     {'item_ids': array(...), 'scores': array(...)}
     """
 
-    def __init__(self, fn):
+    #: ops that TF's single-threaded executor cannot run (control flow, in any function)
+    CONTROL_FLOW = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase",
+                              "Enter", "Exit", "Switch", "Merge", "NextIteration", "LoopCond",
+                              "RefEnter", "RefExit", "RefSwitch", "RefMerge", "RefNextIteration"})
+
+    def __init__(self, fn, single_threaded: Optional[bool] = None):
         import tensorflow as tf
 
         self._tf = tf
         self.fn = fn
+        self.single_threaded = self._no_control_flow(fn) if single_threaded is None else bool(single_threaded)
         args, kwargs = fn.structured_input_signature
         self.names = sorted(kwargs)
         self.dtypes = [kwargs[n].dtype for n in self.names]
@@ -328,13 +340,37 @@ class SignatureRunner:
         except Exception:  # noqa: BLE001 - any surprise: use the public call
             self.fast = False
 
-    def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        constant = self._tf.constant
-        tensors = [constant(inputs[n], dtype=d) for n, d in zip(self.names, self.dtypes)]
+    @classmethod
+    def _no_control_flow(cls, fn) -> bool:
+        try:
+            gd = fn.graph.as_graph_def()
+        except Exception:  # noqa: BLE001 - cannot tell: default executor
+            return False
+        ops_ = {n.op for n in gd.node}
+        for f in gd.library.function:
+            ops_.update(n.op for n in f.node_def)
+        return not (ops_ & cls.CONTROL_FLOW)
+
+    def _call(self, tensors):
         if self.fast:
-            res = self.fn._call_flat(tensors, self.captured)
+            return self.fn._call_flat(tensors, self.captured)
+        return self.fn(**dict(zip(self.names, tensors)))
+
+    def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        tf = self._tf
+        constant = tf.constant
+        tensors = [constant(inputs[n], dtype=d) for n, d in zip(self.names, self.dtypes)]
+        if self.single_threaded:
+            try:
+                with tf.experimental.function_executor_type("SINGLE_THREADED_EXECUTOR"):
+                    res = self._call(tensors)
+            except tf.errors.OpError as e:
+                if "Single-threaded executor does not support" not in str(e):
+                    raise
+                self.single_threaded = False  # unsupported op: the default executor from now on
+                res = self._call(tensors)
         else:
-            res = self.fn(**dict(zip(self.names, tensors)))
+            res = self._call(tensors)
         return {k: v.numpy() for k, v in res.items()}
 
 
