@@ -320,6 +320,8 @@ def main(argv=None):
                "load_average_after": load_after, "items": args.items, "history": args.history,
                "step_history": L, "step_window": args.step_window, "k": args.k, "export_seconds": export_s,
                "latency": rows, "step_vs_replay": step_rows, "goals": goals,
+               "step_single_threaded_executor": step_run.single_threaded,
+               "replay_single_threaded_executor": replay_run.single_threaded,
                "models_with_own_step": sorted(n for n, v in protocol.items() if v),
                "models_with_window_step": sorted(n for n, v in protocol.items() if not v)}
     fmt = (lambda x: "n/a" if x is None else f"{x:.2f}")
@@ -355,6 +357,10 @@ process {fmt(server_cpu)} ms, i.e. {fmt(cpu_overhead)} ms of CPU added by the gR
 ## `step` vs full replay (history length {L}, in-process, the three calls alternating)
 
 {md_table(step_rows, ["path", "p50_ms", "p99_ms", "mean_ms", "n", "cpu_ms"])}
+
+All three go through the server's `SignatureRunner`, which runs the model's step (no control
+flow in its graph: {step_run.single_threaded}) on TF's single-threaded executor and the replay and
+window step (a GRU loop) on the default executor, as `tfrec serve` does.
 
 Speed-up of the model's own `step` over replaying {L} events (p50 wall): **{speedup:.1f}x** (goal >= 10x:
 {"met" if goals["step_speedup_met"] else "NOT met"}); in CPU time per call: {speedup_cpu:.1f}x. The step's top-{args.k} ids and
