@@ -373,6 +373,9 @@ With the window fallback: {", ".join(payload["models_with_window_step"])}.
 """
     write_results(args.name, payload, md)
     print(md)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
