@@ -322,8 +322,6 @@ class ARNN(_ContextModel):
     each pretraining stage; ``best_epoch``/``best_metrics`` are the merge stage's.
     """
 
-    #: the merge stage trains on session-parallel lanes of the frozen GRU4Rec.
-    replica_support = "the merge stage trains on GRU4Rec's session-parallel lanes (per-lane state variable)"
 
     STAGES = ("none", "session", "pnn", "both")
 

@@ -7,7 +7,8 @@
   optional popularity-sampled extra negatives, tied ("constrained") input/output
   item embeddings, final ELU, Adagrad with momentum (:class:`AdagradM`).
   Training runs through Keras ``fit``: each dataset element is one session-parallel
-  step, ``train_step`` keeps the lanes' hidden state in a non-trainable variable.
+  step (or a compiled chunk of steps), the lanes' hidden states are replica-local
+  lane state (:mod:`tfrec.layers.state`), so it also trains under ``tf.distribute``.
   Evaluation starts every sequence from a zero state (``score_sequence_batch``).
 * :class:`GRU4RecCE` (``gru4rec_ce``) and :class:`LSTM4Rec` (``lstm4rec``) --
   the prefix / cross-entropy form used in the HCRNN paper's table: an RNN over
@@ -35,6 +36,7 @@ from tfrec import losses as L
 from tfrec.data.pipelines import session_parallel_batches
 from tfrec.data.schema import SequenceDataset, SequenceSet
 from tfrec.layers.embeddings import table_item_embedding
+from tfrec.layers.state import lane_state, lane_states
 from tfrec.models.base import SequentialRecommender
 from tfrec.models.registry import register
 
@@ -301,7 +303,7 @@ def session_step_arrays(seqs: SequenceSet, batch_size: int, seed: int = 0, shuff
 
 
 def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuffle: bool = True,
-                         chunk: int = 1):
+                         chunk: int = 1, epoch_fn=None):
     """``tf.data`` of GRU4Rec session-parallel steps: ``{"items", "targets", "reset",
     "valid"}``, one element per step (``[batch_size]`` each) or, with ``chunk > 1``,
     per ``chunk`` consecutive steps (``[batch_size, chunk]``: lanes first, so a
@@ -313,6 +315,10 @@ def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuf
     all-invalid steps (``valid`` all 0; the model skips them) to the fixed
     :func:`num_session_steps_bound` rounded up to whole chunks, which Keras needs
     for equal epochs.
+
+    The shuffle of a pass uses ``epoch_fn()`` when given and not ``None`` (e.g.
+    the Keras epoch being trained, robust to extra iterators that a distribution
+    strategy may open), else the number of passes started so far.
     """
     import tensorflow as tf
 
@@ -322,8 +328,10 @@ def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuf
     keys = ("items", "targets", "reset", "valid")
 
     def gen():
-        e = counter["epoch"]
-        counter["epoch"] += 1
+        e = epoch_fn() if epoch_fn is not None else None
+        if e is None:
+            e = counter["epoch"]
+            counter["epoch"] += 1
         arr = session_step_arrays(seqs, batch_size, seed, shuffle, e, num_steps=n * chunk)
         for j in range(n):
             if chunk == 1:
@@ -385,10 +393,6 @@ class GRU4Rec(SequentialRecommender):
         **kwargs: ``layout`` (``"sequence"`` by default), ``batch_size``, ``bucket``, ``seed``.
     """
 
-    #: session-parallel training keeps one hidden state per lane in a variable sized
-    #: for the global batch; it is not replica-aware yet (see Recommender).
-    replica_support = "session-parallel lanes keep their hidden states in a variable sized for the global batch"
-
     causal = True
 
     def __init__(self, num_items, units: int = 100, loss: str = "bpr_max", n_sample: int = 0,
@@ -430,9 +434,27 @@ class GRU4Rec(SequentialRecommender):
         self.drop_hidden = layers.Dropout(self.dropout_hidden)
         self.seed_gen = keras.random.SeedGenerator(self.seed + 4)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.session_state = None
+        # the lanes' hidden states: replica-local (each replica holds its own lanes),
+        # transient (not a weight, not saved)
+        lane_state(self, (self.units,), "session_state", batch_size=self.batch_size)
         self.sample_logits = None
         self.build()  # all shapes are known from the config
+
+    @property
+    def session_state(self):
+        """The lanes' hidden states, a :class:`~tfrec.layers.state.LaneState`
+        (``[batch_size, units]`` globally; each replica holds its own lanes)."""
+        return lane_states(self)[0]
+
+    def load_own_variables(self, store):
+        # .keras files written before the lane states became replica-local hold them
+        # as the model's first own weight ([batch_size, units]); they are transient
+        own = len(self._trainable_variables) + len(self._non_trainable_variables)
+        if len(store.keys()) == own + 1:
+            first = np.asarray(store["0"])
+            if first.shape == (self.batch_size, self.units):
+                store = {str(i): store[str(i + 1)] for i in range(own)}
+        super().load_own_variables(store)
 
     # ------------------------------------------------------------- network
     def build(self, input_shape=None):
@@ -444,8 +466,6 @@ class GRU4Rec(SequentialRecommender):
             self.item_in.build((None,))
         self.gru_cell.build((None, self.embedding_dim))
         self.rnn.build((None, None, self.embedding_dim))
-        self.session_state = self.add_weight(shape=(self.batch_size, self.units), initializer="zeros",
-                                             trainable=False, name="session_state")
         self.sample_logits = self.add_weight(shape=(self.num_items,), initializer="zeros",
                                              trainable=False, name="sample_logits")
         self.built = True
@@ -527,7 +547,7 @@ class GRU4Rec(SequentialRecommender):
         valid = ops.cast(valid, "bool")
         dense = self.dense_scoring and isinstance(self.optimizer, AdagradM)
         with tf.GradientTape() as tape:
-            out, new_state = self.session_forward(items, reset, self.session_state, training=True)
+            out, new_state = self.session_forward(items, reset, self.session_state.read(), training=True)
             if dense:
                 scores = self.sampled_scores_dense(out, targets, samples)
             else:
@@ -555,6 +575,59 @@ class GRU4Rec(SequentialRecommender):
         self.session_state.assign(ops.where(ops.expand_dims(valid, -1), new_state, ops.zeros_like(new_state)))
         return loss
 
+    def replica_session_step(self, items, targets, reset, valid):
+        """One session-parallel step inside one replica of a multi-replica strategy,
+        the same math as the one-device step: every lane is scored against the
+        targets of *all* replicas' lanes (all-gathered: the global mini-batch
+        negatives) and the same ``n_sample`` negatives (replica 0's draw); the loss is
+        this replica's lanes' sum divided by the *global* batch size, so the summed
+        gradients equal the one-device gradients. Steps without a valid lane in any
+        replica skip the optimizer (decided in cross-replica context, as Keras'
+        ``LossScaleOptimizer`` skips steps, since a synchronisation point cannot sit
+        in replica-side control flow). Dropout masks are drawn per replica."""
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        n = ctx.num_replicas_in_sync
+        b = self.session_state.per_replica_batch_size
+        valid_i = tf.cast(tf.cast(valid, tf.bool), tf.int32)
+        all_targets = ctx.all_gather(tf.cast(targets, tf.int32), axis=0)
+        all_valid = ctx.all_gather(valid_i, axis=0)
+        any_valid = tf.reduce_any(all_valid > 0)
+        samples = None
+        if self.n_sample:  # drawn on real steps only, as on one device; shared by the global batch
+            samples = tf.cond(any_valid, self.draw_samples, lambda: tf.zeros([self.n_sample], tf.int32))
+            samples = ctx.all_gather(samples[None], axis=0)[0]
+        # this replica's lanes first, then the other replicas' (in ring order)
+        shift = -b * tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        col_targets, col_valid = tf.roll(all_targets, shift, 0), tf.roll(all_valid, shift, 0)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            out, new_state = self.session_forward(items, reset, self.session_state.read(), training=True)
+            scores = self.sampled_scores(out, col_targets, samples)
+            negatives = tf.logical_and(tf.logical_not(tf.eye(b, b * n, dtype=tf.bool)), (col_valid > 0)[None, :])
+            if self.n_sample:
+                negatives = tf.concat([negatives, tf.ones((b, self.n_sample), tf.bool)], axis=1)
+            per = L.per_example_loss(self.loss_name, scores, negatives, self.bpreg)
+            loss = tf.reduce_sum(per * tf.cast(valid_i, per.dtype)) / float(b * n)
+        grads = tape.gradient(loss, variables)
+
+        def apply_in_cross_replica(distribution, grads, any_valid):
+            flag = distribution.experimental_local_results(any_valid)[0]  # equal on every replica
+
+            def apply():
+                distribution.extended.call_for_each_replica(
+                    lambda g: self.optimizer.apply_gradients(zip(g, variables)), args=(grads,))
+                return tf.constant(True)
+
+            tf.cond(flag, apply, lambda: tf.constant(False))
+
+        ctx.merge_call(apply_in_cross_replica, args=(grads, any_valid))
+        self.session_state.assign(tf.where(tf.cast(valid_i, tf.bool)[:, None], new_state,
+                                           tf.zeros_like(new_state)))
+        # the metric sums replicas on read: n * (this replica's share) averages to the global loss
+        self.loss_tracker.update_state(loss * n, sample_weight=tf.cast(any_valid, tf.float32))
+
     def _step_fn(self):
         fn = self.__dict__.get("_jit_session_step")
         if fn is None:
@@ -580,6 +653,14 @@ class GRU4Rec(SequentialRecommender):
         cols = {k: tf.convert_to_tensor(data[k]) for k in ("items", "targets", "reset", "valid")}
         if cols["items"].shape.rank == 1:
             cols = {k: v[:, None] for k, v in cols.items()}
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            if cols["items"].shape[1] != 1:
+                raise ValueError("under a multi-replica strategy GRU4Rec trains one session-parallel step "
+                                 "per dataset element (make_dataset does this); got chunks of "
+                                 f"{cols['items'].shape[1]} steps")
+            self.replica_session_step(*(cols[k][:, 0] for k in ("items", "targets", "reset", "valid")))
+            return {"loss": self.loss_tracker.result()}
         apply = self._step_fn() if self.jit_step else self.apply_session_step
 
         def one(k):
@@ -610,7 +691,11 @@ class GRU4Rec(SequentialRecommender):
             return super().make_dataset(seqs, shuffle, batch_size)
         if batch_size not in (None, self.batch_size):
             raise ValueError("session-parallel batch size is fixed by the model's batch_size")
-        return session_step_dataset(seqs, self.batch_size, self.seed, shuffle, chunk=self.session_chunk)
+        # under several replicas each element is one step (a replica cannot run a loop
+        # of optimizer steps: they synchronise); Keras' steps_per_execution still applies
+        chunk = self.session_chunk if self.distribute_strategy.num_replicas_in_sync == 1 else 1
+        return session_step_dataset(seqs, self.batch_size, self.seed, shuffle, chunk=chunk,
+                                    epoch_fn=lambda: self.__dict__.get("_train_epoch"))
 
     def set_sampler(self, counts):
         """Sets the extra-negative sampler from training item counts."""
@@ -618,10 +703,22 @@ class GRU4Rec(SequentialRecommender):
         self.sample_logits.assign(np.maximum(L.popularity_sampler_logits(counts, self.sample_alpha), -1e9))
 
     def fit(self, x=None, y=None, **kwargs):
-        if isinstance(x, SequenceDataset):
-            self.set_sampler(x.train.item_counts(self.num_items))
-            self.session_state.assign(ops.zeros_like(self.session_state))
-        return super().fit(x, y, **kwargs)
+        if not isinstance(x, SequenceDataset):
+            return super().fit(x, y, **kwargs)
+        self.set_sampler(x.train.item_counts(self.num_items))
+        self.session_state.reset()
+        model = self
+
+        class ShuffleEpoch(keras.callbacks.Callback):
+            # each pass's order is the one of the Keras epoch it trains
+            def on_epoch_begin(self, epoch, logs=None):
+                model.__dict__["_train_epoch"] = int(epoch)
+
+        kwargs["callbacks"] = [ShuffleEpoch()] + list(kwargs.get("callbacks") or [])
+        try:
+            return super().fit(x, y, **kwargs)
+        finally:
+            self.__dict__.pop("_train_epoch", None)
 
     def session_parallel_scores(self, seqs: SequenceSet, batch_size: Optional[int] = None):
         """Scores of every target, computed session-parallel with resets (as the
