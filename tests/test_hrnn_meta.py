@@ -270,6 +270,21 @@ def test_tbptt_carry_is_lane_state_outside_the_weights():
         model.load_own_variables(dict(old, extra=np.ones(1)))
 
 
+def test_tbptt_training_under_mixed_precision_keeps_scores_float32():
+    from tfrec.training.runs import train
+
+    ds = toy_dataset()
+    model, res = train("hrnn_meta", ds, verbose=0, evaluate_test=False,
+                       model_config=dict(TINY, rating_weight=1.0, feature_inputs=True),
+                       fit_config={"epochs": 1, "mixed_precision": "mixed_bfloat16"})
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    assert model.cell.compute_dtype == "bfloat16" and model.carry[0].numpy().dtype == np.float32
+    assert np.isfinite(res["history"][0]["loss"]) and np.abs(model.carry[0].numpy()).max() > 0
+    x, _ = Batcher(ds.test, model.input_features).sequence_batch(np.array([0, 1]))
+    scores = model.score_sequence_batch(x)
+    assert scores.dtype == np.float32 and np.all(np.isfinite(scores[:, :, 1:]))
+
+
 def _two_replica_child():
     """Run as ``python tests/test_hrnn_meta.py``: 1-device vs 2-replica TBPTT
     training on 2 logical CPU devices; prints one JSON line."""

@@ -366,10 +366,11 @@ class FeatureMixDecoder(layers.Layer):
         return ops.matmul(h, ops.transpose(w)) + b
 
     def call(self, h, training=False, lam=None):
-        phi = self.id_logits(h)
+        # scores are mixed and returned in float32 (mixed precision keeps the softmax in float32)
+        phi = ops.cast(self.id_logits(h), "float32")
         if not self.num_features:
             return phi
-        psi = self.feature_logits(h)
+        psi = ops.cast(self.feature_logits(h), "float32")
         if lam is None:
             if training:
                 if self.lambda_train is None:
@@ -380,6 +381,7 @@ class FeatureMixDecoder(layers.Layer):
             else:
                 seen = ops.convert_to_tensor(self.seen)
                 lam = seen * self.lambda_eval + (1.0 - seen)
+        lam = ops.cast(lam, "float32")
         return (1.0 - lam) * phi + lam * psi
 
     def get_config(self):

@@ -388,7 +388,7 @@ class HRNNMeta(SequentialRecommender):
                 seen = ops.take(ops.convert_to_tensor(self.decoder.seen), ops.where(is_bos, 0, items), axis=0)
                 lam = seen * self.lambda_eval + (1.0 - seen)
             lam = ops.where(is_bos, 0.0, lam)
-            lam = ops.expand_dims(lam, -1)
+            lam = ops.cast(ops.expand_dims(lam, -1), e.dtype)
             e = (1.0 - lam) * e + lam * ef
         if self.temporal_conv == "before":
             e = e + self.conv(e, training=training)
@@ -419,8 +419,9 @@ class HRNNMeta(SequentialRecommender):
 
     def decode(self, h, training=False, lam=None):
         logits = self.decoder(self.dropout(h, training=training), training=training, lam=lam)
+        # scores (and so the softmax and the loss) stay float32 under mixed precision
         pad = ops.one_hot(ops.zeros((), "int32"), self.num_items) * _NEG
-        return logits + pad
+        return ops.cast(logits, "float32") + pad
 
     def rating_from_h(self, h, items):
         """Standardised rating prediction for ``items`` given the states ``h`` before them."""
@@ -463,7 +464,7 @@ class HRNNMeta(SequentialRecommender):
         targets = y["items"]
         loss = masked_sparse_ce(targets, y_pred["logits"], sample_weight)
         if self.rating_weight > 0:
-            r = self.rating_from_h(y_pred["h"], targets)
+            r = ops.cast(self.rating_from_h(y_pred["h"], targets), "float32")
             z = (ops.cast(y["values"], "float32") - self.value_mean) / self.value_std
             w = ops.cast(ops.not_equal(targets, 0), "float32")
             loss = loss + self.rating_weight * ops.divide_no_nan(ops.sum(w * (r - z) ** 2), ops.sum(w))
