@@ -16,7 +16,9 @@ machine): R@3 10.37, R@20 25.38, M@3 7.62, M@20 9.57 conservative, 3.75 s/epoch.
 
 Usage::
 
-    python benchmarks/gru4rec_official_recipe.py [--seeds 0] [--epochs 10] [--model-opt k=v]
+    python benchmarks/gru4rec_official_recipe.py [--seeds 0] [--epochs 10] [--model-opt k=v] [--fresh]
+    # speed only (no validation/test, nothing written), e.g. in a quiet window:
+    python benchmarks/gru4rec_official_recipe.py --timing-only --epochs 6
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from common import command, machine, md_table, write_results  # noqa: E402
 
 NAME = "gru4rec_official_recipe"
 class CPUEpochTimer:
-    """CPU seconds (user + system, all threads of this process) per training epoch:
-    a load-independent proxy when other jobs share the cores (wall time on an idle
+    """CPU seconds (user + system, all threads of this process) per training epoch,
+    validation excluded (to the last training batch, like ``EpochTimer``): a
+    load-independent proxy when other jobs share the cores (wall time on an idle
     2-core machine is at least half of it)."""
 
     def __new__(cls):
@@ -50,10 +53,23 @@ class CPUEpochTimer:
             def on_epoch_begin(self, epoch, logs=None):
                 self._t = time.process_time()
 
+            def on_train_batch_end(self, batch, logs=None):
+                self._t_end = time.process_time()
+
             def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.process_time() - self._t)
+                self.seconds.append(getattr(self, "_t_end", time.process_time()) - self._t)
 
         return _CB()
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ""
 
 
 TARGET = {"recall@3": 10.37, "recall@20": 25.38, "mrr@3": 7.62, "mrr@20": 9.57, "seconds_per_epoch": 3.75}
@@ -67,6 +83,13 @@ def main(argv=None):
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--fit-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--steps-per-execution", type=int, default=1)
+    p.add_argument("--fresh", action="store_true",
+                   help="drop the runs of earlier invocations (e.g. made with older code) from the results")
+    p.add_argument("--timing-only", action="store_true",
+                   help="train without validation or test and only print seconds per epoch (no results written)")
+    p.add_argument("--note", default="",
+                   help="stored with the runs of this invocation, e.g. the CPU pinning prefix (taskset -c 1)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the results from the stored runs")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -91,10 +114,10 @@ def main(argv=None):
 
     runs = {}
     old_path = os.path.join(RESULTS, f"{NAME}.json")
-    if os.path.isfile(old_path):
+    if os.path.isfile(old_path) and not args.fresh and not args.timing_only:
         with open(old_path) as f:
             runs = json.load(f).get("runs", {})
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in ([] if args.report_only else [int(s) for s in args.seeds.split(",")]):
         keras.utils.set_random_seed(seed)
         mcfg = {**spec.model_config, "seed": seed, **kv(args.model_opt)}
         fcfg = {**spec.fit_config, **kv(args.fit_opt)}
@@ -102,19 +125,35 @@ def main(argv=None):
         model.compile(optimizer=make_optimizer(fcfg), steps_per_execution=args.steps_per_execution)
         timer, cpu = EpochTimer(), CPUEpochTimer()
         t0 = time.time()
-        hist = model.fit(data, epochs=args.epochs, validation_protocol=protocols["conservative_no_padding"],
+        fit_data = data
+        if args.timing_only:
+            fit_data = dataclasses.replace(data, valid=data.valid.subset(np.arange(0)))
+        load0 = os.getloadavg()
+        hist = model.fit(fit_data, epochs=args.epochs, validation_protocol=protocols["conservative_no_padding"],
                          restore_best=False, callbacks=[timer, cpu], verbose=2)
         res = {"epoch_seconds": timer.seconds, "seconds_per_epoch": seconds_per_epoch(timer.seconds),
                "epoch_cpu_seconds": cpu.seconds, "cpu_seconds_per_epoch": seconds_per_epoch(cpu.seconds),
-               "load_average_at_end": os.getloadavg(),
+               "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
+               "git_commit": _git_commit(),
+               "fast_path": {k: model.get_config()[k] for k in ("session_chunk", "jit_step")},
+               "dense_scoring": bool(model.dense_scoring),
                "loss": [float(v) for v in hist.history["loss"]],
                "valid_recall@20": [float(v) for v in hist.history.get("val_recall@20", [])],
-               "train_seconds": time.time() - t0, "model_config": mcfg, "fit_config": fcfg}
+               "train_seconds": time.time() - t0, "model_config": mcfg, "fit_config": fcfg,
+               "command": command(), "note": args.note}
+        if args.timing_only:
+            print(json.dumps({k: res[k] for k in ("epoch_seconds", "seconds_per_epoch", "epoch_cpu_seconds",
+                                                   "cpu_seconds_per_epoch", "load_average_at_start",
+                                                   "load_average_at_end", "git_commit")}), flush=True)
+            continue
         for k, prot in protocols.items():
             res[f"test_{k}"] = evaluate(model, data.test, prot)
         runs[str(seed)] = res
         print(json.dumps({k: v for k, v in res.items() if k.startswith("test") or k == "seconds_per_epoch"}),
               flush=True)
+
+    if args.timing_only:
+        return
 
     def stats(block, m):
         v = [r[block][m] for r in runs.values()]
@@ -131,16 +170,26 @@ def main(argv=None):
                "cpu_seconds_per_epoch": cpu_spe, "steps_per_execution": args.steps_per_execution,
                "command": command(), "machine": machine()}
     md = [f"# Faithful GRU4Rec, official bpr-max recipe, CiteULike (hcrnn split)", "",
-          f"Command: `{command()}`", "",
+          (f"Report rewritten from the stored runs with `{command()}`" if args.report_only
+           else f"Command: `{command()}`"), "",
           f"Seeds: {', '.join(runs)}; {args.epochs} epochs; test after the last epoch (no selection). "
           "Mean over seeds below; per-seed numbers in the JSON.", "",
           md_table(rows + [{"protocol": "target (official PyTorch, conservative)", **TARGET}],
                    ["protocol", "recall@3", "recall@20", "mrr@3", "mrr@20"]), "",
           f"Seconds per epoch (median over epochs after the first, training only): {spe:.2f} "
           f"(target {TARGET['seconds_per_epoch']}); measured while other engineers shared the 2 CPU cores "
-          f"(load averages at the end of runs: {[r.get('load_average_at_end') for r in runs.values()]}). CPU seconds per "
+          f"(1/5/15-min load averages at the start and end of runs: {[(r.get('load_average_at_start'), r.get('load_average_at_end')) for r in runs.values()]}). CPU seconds per "
           f"epoch of this process (user+system): {cpu_spe:.2f}; on an idle 2-core machine the wall time "
-          f"would be at least half of that.",
+          f"would be at least half of that (perfect split over both cores) -- an idle-machine wall time "
+          f"needs the quiet-window command below.",
+          "", "Runs: " + "; ".join(f"seed {k}: `{r.get('command', '?')}`" + (f" ({r['note']})" if r.get("note") else "")
+                                   for k, r in runs.items()),
+          "", "Training path per run (session-parallel steps per compiled chunk, XLA step, dense scoring) "
+          "and code commit: " + "; ".join(
+              f"seed {k}: {r.get('fast_path', 'step per element, no XLA')}, dense={r.get('dense_scoring', False)}, "
+              f"commit {r.get('git_commit', '?')}" for k, r in runs.items()),
+          "", "Speed only (no validation/test, nothing written), for a quiet window: "
+          "`taskset -c 0,1 python benchmarks/gru4rec_official_recipe.py --timing-only --epochs 6`",
           "", f"Machine: {machine()}"]
     write_results(NAME, payload, "\n".join(md))
 

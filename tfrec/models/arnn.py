@@ -322,7 +322,6 @@ class ARNN(_ContextModel):
     each pretraining stage; ``best_epoch``/``best_metrics`` are the merge stage's.
     """
 
-
     STAGES = ("none", "session", "pnn", "both")
 
     def __init__(self, num_items, context_codes, context_cardinalities, context_fields=None,
