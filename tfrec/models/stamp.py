@@ -42,6 +42,9 @@ class STAMP(SequentialRecommender):
         num_items: classes including padding 0.
         embedding_dim: item embedding size (100).
         score_activation: ``"sigmoid"`` or ``"linear"``.
+        init: ``"table"`` (item embedding ``N(0, 0.1²)`` as the other table models,
+            Glorot kernels) or ``"stamp"`` (STAMP's own code: embeddings
+            ``N(0, 0.002²)``, kernels ``N(0, 0.05²)``).
         **kwargs: ``layout``, ``batch_size``, ``bucket``, ``seed``, ``target_normalizer``.
 
     Example:
@@ -56,20 +59,30 @@ class STAMP(SequentialRecommender):
     causal = True
 
     def __init__(self, num_items, embedding_dim: int = 100, score_activation: str = "sigmoid",
-                 **kwargs):
+                 init: str = "table", **kwargs):
         super().__init__(num_items, **kwargs)
         if score_activation not in ("sigmoid", "linear"):
             raise ValueError(f"score_activation must be 'sigmoid' or 'linear', got {score_activation!r}")
+        if init not in ("table", "stamp"):
+            raise ValueError(f"init must be 'table' or 'stamp', got {init!r}")
         self.embedding_dim = int(embedding_dim)
         self.score_activation = score_activation
+        self.init = init
         d = self.embedding_dim
-        self.item_embedding = table_item_embedding(self.num_items, d, self.seed)
-        self.w1 = layers.Dense(d, use_bias=False, name="w1")
-        self.w2 = layers.Dense(d, use_bias=False, name="w2")
-        self.w3 = layers.Dense(d, use_bias=True, name="w3")  # carries b_a
-        self.w0 = layers.Dense(1, use_bias=False, name="w0")
-        self.mlp_s = layers.Dense(d, activation="tanh", name="mlp_general")
-        self.mlp_t = layers.Dense(d, activation="tanh", name="mlp_last")
+        if init == "table":
+            self.item_embedding = table_item_embedding(self.num_items, d, self.seed)
+            kernel = lambda i: "glorot_uniform"  # noqa: E731
+        else:  # STAMP's own code: embeddings N(0, 0.002^2), weights N(0, 0.05^2)
+            self.item_embedding = layers.Embedding(
+                self.num_items, d, name="item_embedding",
+                embeddings_initializer=keras.initializers.RandomNormal(0.0, 0.002, seed=self.seed))
+            kernel = lambda i: keras.initializers.RandomNormal(0.0, 0.05, seed=self.seed + i)  # noqa: E731
+        self.w1 = layers.Dense(d, use_bias=False, kernel_initializer=kernel(1), name="w1")
+        self.w2 = layers.Dense(d, use_bias=False, kernel_initializer=kernel(2), name="w2")
+        self.w3 = layers.Dense(d, use_bias=True, kernel_initializer=kernel(3), name="w3")  # carries b_a
+        self.w0 = layers.Dense(1, use_bias=False, kernel_initializer=kernel(4), name="w0")
+        self.mlp_s = layers.Dense(d, activation="tanh", kernel_initializer=kernel(5), name="mlp_general")
+        self.mlp_t = layers.Dense(d, activation="tanh", kernel_initializer=kernel(6), name="mlp_last")
 
     def prefix_logits(self, inputs, training=False):
         items = inputs["items"]
@@ -110,5 +123,5 @@ class STAMP(SequentialRecommender):
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
-                "score_activation": self.score_activation}
+                "score_activation": self.score_activation, "init": self.init}
 
