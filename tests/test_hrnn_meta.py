@@ -404,14 +404,14 @@ def test_two_replica_tbptt_training_follows_one_device_losses(two_replicas):
     r = two_replicas
     assert len(r["loss_mirrored"]) == 3 and r["loss_mirrored"][-1] < r["loss_mirrored"][0]
     assert len(r["batch_loss_mirrored"]) == len(r["batch_loss_single"]) > 3 * 10
-    # every step's (running mean) loss and the epoch losses follow the one-device run
-    np.testing.assert_allclose(r["batch_loss_mirrored"], r["batch_loss_single"], rtol=1e-3)
-    np.testing.assert_allclose(r["loss_mirrored"], r["loss_single"], rtol=1e-3)
-    # after training the lanes still hold the one-device carries (weights differ a
-    # little: each replica normalises its loss by its own lanes' targets)
+    # the loss is a mean over the global batch's targets (replica counts all-reduced),
+    # so every step's (running mean) loss and the epoch losses equal the one-device run
+    np.testing.assert_allclose(r["batch_loss_mirrored"], r["batch_loss_single"], rtol=1e-5)
+    np.testing.assert_allclose(r["loss_mirrored"], r["loss_single"], rtol=1e-5)
+    # and after training the lanes hold the one-device carries
     single, mirrored = np.array(r["trained_carry_single"]), np.array(r["trained_carry_mirrored"])
     assert np.abs(single).max() > 0.05
-    np.testing.assert_allclose(mirrored, single, atol=1e-2)
+    np.testing.assert_allclose(mirrored, single, atol=1e-5)
 
 
 def test_model_trained_on_two_replicas_saves_and_resumes(two_replicas):

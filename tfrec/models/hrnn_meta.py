@@ -55,7 +55,7 @@ from tfrec.layers.hrnn_meta import (
 from tfrec.layers.state import lane_state, lane_states
 from tfrec.metrics import ranks_from_scores
 from tfrec.models import base as _base
-from tfrec.models.base import SequentialRecommender, gather_last, lengths_of, masked_sparse_ce
+from tfrec.models.base import SequentialRecommender, gather_last, lengths_of
 from tfrec.models.registry import register
 
 CELLS = ("gru", "lstm", "simple", "hgru")
@@ -68,6 +68,18 @@ _NEG = -1e9
 def _scale_for_replicas(loss):
     fn = getattr(_base, "scale_for_replicas", None)
     return fn(loss) if fn is not None else loss
+
+
+def _global_mean(total, count):
+    """``total / count`` with ``count`` summed over the replicas in sync (inside a
+    replica of a multi-replica strategy): each replica's loss is its share of the
+    global-batch mean, so the all-reduced gradients are the one-device gradients."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return ops.divide_no_nan(total, count)
 
 
 def _inner_cell(kind: str, units: int):
@@ -461,16 +473,25 @@ class HRNNMeta(SequentialRecommender):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if not isinstance(y_pred, dict):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
-        targets = y["items"]
-        loss = masked_sparse_ce(targets, y_pred["logits"], sample_weight)
+        # TBPTT batches: means over the targets of the GLOBAL batch, so that under
+        # several replicas (each with its own lanes) the summed gradients equal the
+        # one-device gradient whatever the replicas' target counts
+        targets = ops.cast(y["items"], "int32")
+        w = ops.cast(ops.not_equal(targets, 0), "float32")
+        if sample_weight is not None:
+            w = w * ops.cast(sample_weight, "float32")
+        ce = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(y_pred["logits"], "float32"),
+                                                          from_logits=True)
+        loss = _global_mean(ops.sum(ce * w), ops.sum(w))
         if self.rating_weight > 0:
             r = ops.cast(self.rating_from_h(y_pred["h"], targets), "float32")
             z = (ops.cast(y["values"], "float32") - self.value_mean) / self.value_std
-            w = ops.cast(ops.not_equal(targets, 0), "float32")
-            loss = loss + self.rating_weight * ops.divide_no_nan(ops.sum(w * (r - z) ** 2), ops.sum(w))
+            wr = ops.cast(ops.not_equal(targets, 0), "float32")
+            loss = loss + self.rating_weight * _global_mean(ops.sum(wr * (r - z) ** 2), ops.sum(wr))
         if self.losses:
-            loss = loss + ops.sum(ops.stack([ops.cast(e, "float32") for e in self.losses]))
-        return _scale_for_replicas(loss)
+            extra = ops.sum(ops.stack([ops.cast(e, "float32") for e in self.losses]))
+            loss = loss + _scale_for_replicas(extra)
+        return loss
 
     # ------------------------------------------------------------ training data
     def make_dataset(self, seqs: SequenceSet, shuffle: bool = True, batch_size: Optional[int] = None):
