@@ -370,6 +370,11 @@ class GRU4Rec(SequentialRecommender):
 
     Evaluation resets: every evaluated sequence starts from a zero state.
 
+    Under a multi-replica ``tf.distribute`` strategy each replica owns a contiguous
+    slice of the lanes (replica-local :class:`~tfrec.layers.state.LaneState`) and
+    the step keeps the one-device math (see :meth:`replica_session_step`);
+    ``batch_size`` must be divisible by the number of replicas.
+
     Args:
         num_items: classes including padding 0.
         units: GRU size (= embedding size when ``constrained_embedding``).
