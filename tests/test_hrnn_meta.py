@@ -342,6 +342,15 @@ def _two_replica_child():
         out[f"loss_{key}"] = [float(v) for v in hist.history["loss"]]
         out[f"batch_loss_{key}"] = [float(v) for v in batch_losses]
         out[f"trained_carry_{key}"] = m.carry[0].numpy().tolist()
+    # 2b) the model's own fit (shuffled per epoch, RankingValidation on ``valid``)
+    for key, strategy in strategies.items():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            f = registry.build("hrnn", ds, **cfg)
+            f.compile(optimizer=keras.optimizers.Adam(3e-3))
+        hist = f.fit(dataclasses.replace(ds, valid=ds.valid.subset(np.arange(10))), epochs=2, verbose=0)
+        out[f"fit_loss_{key}"] = [float(v) for v in hist.history["loss"]]
+        out[f"fit_mrr_{key}"] = [float(v) for v in hist.history["val_mrr@20"]]
     # 3) saving a model trained on 2 replicas: .keras file, weights checkpoint and
     # backup all load on one device (the carry is not saved)
     xs, _ = Batcher(ds.test, m.input_features).sequence_batch(np.arange(4))
@@ -412,6 +421,13 @@ def test_two_replica_tbptt_training_follows_one_device_losses(two_replicas):
     single, mirrored = np.array(r["trained_carry_single"]), np.array(r["trained_carry_mirrored"])
     assert np.abs(single).max() > 0.05
     np.testing.assert_allclose(mirrored, single, atol=1e-5)
+
+
+def test_two_replica_fit_with_per_epoch_shuffles_equals_one_device(two_replicas):
+    r = two_replicas
+    np.testing.assert_allclose(r["fit_loss_mirrored"], r["fit_loss_single"], rtol=1e-5)
+    assert 0 < r["fit_mrr_single"][-1] < 1  # validation ran on the trained weights
+    np.testing.assert_allclose(r["fit_mrr_mirrored"], r["fit_mrr_single"], atol=1e-6)
 
 
 def test_model_trained_on_two_replicas_saves_and_resumes(two_replicas):
