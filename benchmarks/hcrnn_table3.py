@@ -144,6 +144,8 @@ def summarize(runs: list) -> dict:
             "capped": any(r["capped"] for r in rs),
             "seconds_per_epoch": float(np.median([r["seconds_per_epoch"] for r in rs])),
             "paper": PAPER.get(rs[0]["name"]),
+            "test_conservative": ({m: float(np.mean([r["test_conservative"][m] for r in rs])) for m in METRICS}
+                                  if all("test_conservative" in r for r in rs) else None),
         }
     return rows
 
@@ -155,17 +157,20 @@ def write_markdown(data: dict) -> None:
              "Command(s):", ""]
     lines += [f"    {c}" for c in data.get("commands", [])]
     lines += ["", "Machine: " + data.get("machine", ""), "",
-              "| row | form | seeds | R@3 | R@20 | M@3 | M@20 | paper R@3/R@20/M@3/M@20 | best ep / ep run | s/epoch | capped |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| row | form | seeds | R@3 | R@20 | M@3 | M@20 | paper R@3/R@20/M@3/M@20 | cons. R@3/R@20/M@3/M@20 "
+              "| best ep / ep run | s/epoch | capped |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in data.get("rows", {}).items():
         def cell(m):
             s = r["test_std"][m]
             return f"{r['test'][m]:.2f}" + (f" ± {s:.2f}" if s is not None else "")
         p = r["paper"]
         ptxt = "/".join(f"{p[m]:.2f}" for m in METRICS) if p else "-"
+        c = r.get("test_conservative")
+        ctxt = "/".join(f"{c[m]:.2f}" for m in METRICS) if c else "not computed"
         lines.append(f"| {key} | {r['form']} | {','.join(map(str, r['seeds']))} | "
                      + " | ".join(cell(m) for m in METRICS)
-                     + f" | {ptxt} | {r['best_epochs']} / {r['epochs_run']} | {r['seconds_per_epoch']:.1f} | "
+                     + f" | {ptxt} | {ctxt} | {r['best_epochs']} / {r['epochs_run']} | {r['seconds_per_epoch']:.1f} | "
                      + ("yes" if r["capped"] else "no") + " |")
     t = data.get("timing")
     if t:
@@ -226,12 +231,13 @@ def merge_into_table(data: dict) -> None:
     def fn(payload):
         payload.setdefault("rows", {})
         for key, row in data["rows"].items():
-            runs = {str(r["seed"]): {k: r.get(k) for k in ("best_epoch", "valid", "test", "seconds_per_epoch",
-                                                          "epoch_seconds", "epochs_run", "capped")}
+            runs = {str(r["seed"]): {k: r.get(k) for k in ("best_epoch", "valid", "test", "test_conservative",
+                                                          "seconds_per_epoch", "epoch_seconds", "epochs_run",
+                                                          "capped")}
                     for r in data["runs"] if (r["name"] + ("" if r["form"] == "paper" else " (causal)")) == key
                     and not r["key"].endswith(":two_phase")}
             summary = {"seeds": row["seeds"]}
-            for block in ("test", "valid"):
+            for block in ("test", "test_conservative", "valid"):
                 summary[block] = {}
                 for m in METRICS:
                     v = [rr[block][m] for rr in runs.values() if m in (rr.get(block) or {})]
