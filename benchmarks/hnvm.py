@@ -345,7 +345,14 @@ def cmd_report(args):
                             for r in ok.values())
             load = ", ".join(f"{r['loadavg_start'][0]:.0f}/{r['loadavg_end'][0]:.0f}" if r.get("loadavg_start")
                              else "" for r in ok.values())
-            md.append(f"| {label(k)} | " + " | ".join(cells) + f" | {','.join(map(str, ok))} | {ep} | {spe} | {cpe} | {load} |")
+            name = label(k) + (" (mean ± std over seeds)" if len(ok) > 1 else "")
+            md.append(f"| {name} | " + " | ".join(cells) + f" | {','.join(map(str, ok))} | {ep} | {spe} | {cpe} | {load} |")
+            if len(ok) > 1:  # the seeds may have had different budgets: show each
+                for sd, r in ok.items():
+                    md.append(f"| {label(k)} (seed {sd}) | " + " | ".join(_fmt(r["test"].get(c)) for c in cols)
+                              + f" | {sd} | {r.get('best_epoch')} / {r.get('epochs_run')}"
+                              + f"{'*' if r.get('stopped_at_budget') else ''} | {r['seconds_per_epoch']:.0f} | "
+                              + f"{r['cpu_seconds_per_epoch']:.0f} | {r['loadavg_start'][0]:.0f}/{r['loadavg_end'][0]:.0f} |")
         md.append("")
     md += ["## Validation next-item Recall@5 by epoch", "",
            "(next-session task: next-item Recall@5 on the validation session's events; the epoch with the "
@@ -397,7 +404,9 @@ def cmd_profile(args):
     c = time.process_time()
     n_batches = sum(1 for _ in lay.batches(256, True, 0, 0))
     out["numpy_batches_one_epoch_cpu_s"] = time.process_time() - c
-    x, _ = lay.batch(np.arange(256))
+    # a training-like batch: 256 rows drawn at random (as the shuffled epochs do); the rows of one
+    # user's consecutive sessions (layout order) would share far more context sessions
+    x, _ = lay.batch(np.random.default_rng(0).permutation(len(lay))[:256])
     out["empty_context_slots_per_256_rows"] = int((~np.any(x["context"] != 0, -1)).sum())
     out["distinct_context_sessions_per_256_rows"] = int(len(np.unique(x["context"].reshape(-1, m.max_session_length),
                                                                       axis=0)))
@@ -450,7 +459,7 @@ def cmd_profile(args):
           f"* A batch of 256 rows carries {256 * m.max_context_sessions} context slots, of which "
           f"{out['empty_context_slots_per_256_rows']} are empty; "
           f"{out['distinct_context_sessions_per_256_rows']} distinct sessions (incl. the empty one).", "",
-          "| part (batch of 256 session rows) | CPU s |", "|---|---|"]
+          "| part (batch of 256 randomly drawn session rows) | CPU s |", "|---|---|"]
     md += [f"| {k} | {v:.3f} |" for k, v in out["per_256_rows_cpu_s"].items()]
     md += ["", "| setting | steps | train epoch CPU s | train epoch wall s | validation CPU s |", "|---|---|---|---|---|"]
     md += [f"| {k} | {e['steps']} | {e['train_epoch_cpu_s']:.1f} | {e['train_epoch_wall_s']:.1f} | "
