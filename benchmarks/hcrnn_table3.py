@@ -296,6 +296,9 @@ def main(argv=None):
     if args.merge_only:
         with open(OUT_JSON) as f:
             d = json.load(f)
+        d["rows"] = summarize(d["runs"])
+        with open(OUT_JSON, "w") as f:
+            json.dump(d, f, indent=1)
         write_markdown(d)
         merge_into_table(d)
         return
