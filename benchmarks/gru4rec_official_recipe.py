@@ -105,7 +105,7 @@ def main(argv=None):
         "conservative_no_padding": Protocol(ks=(3, 20), metrics=("recall", "mrr"), ties="conservative",
                                             exclude_padding=True, scale=100.0),
         "hcrnn": PROTOCOLS["hcrnn"],
-        "hcrnn_conservative": dataclasses.replace(PROTOCOLS["hcrnn"], ties="conservative"),
+        "hcrnn_conservative": PROTOCOLS["hcrnn_conservative"],
     }
     data = load_spec(args.data)
     spec = registry.get("gru4rec")
