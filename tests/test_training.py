@@ -69,9 +69,19 @@ NEURAL = [n for n in registry.names() if registry.get(n).neural]
 
 @pytest.fixture(scope="module")
 def mirrored_results():
-    p = subprocess.run([sys.executable, os.path.join(HERE, "helpers", "mirrored_all.py")] + NEURAL,
-                       capture_output=True, text=True, env=ENV, timeout=1200)
-    rows = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    # two subprocesses, each training half of the models (mostly single-threaded tracing
+    # work), run side by side on the 2 cores
+    script = os.path.join(HERE, "helpers", "mirrored_all.py")
+    procs = [subprocess.Popen([sys.executable, script] + NEURAL[i::2], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV) for i in range(2)]
+    rows = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        rows += [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
     return {r["model"]: r for r in rows}
 
 
