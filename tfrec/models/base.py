@@ -149,6 +149,14 @@ def masked_sparse_ce(y_true, logits, sample_weight=None, normalizer=None):
     return ops.divide_no_nan(ops.sum(ce * w), ops.sum(w))
 
 
+class _KerasEpoch(keras.callbacks.Callback):
+    """Tells the model which Keras epoch is being trained (see
+    :meth:`SequentialRecommender.train_epoch`)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.__dict__["_train_epoch"] = int(epoch)
+
+
 class SequentialRecommender(keras.Model, Recommender):
     """Keras base class of tfrec's neural sequential recommenders.
 
@@ -280,7 +288,14 @@ class SequentialRecommender(keras.Model, Recommender):
             make = lambda e: prefix_batches(seqs, bs, shuffle, self.seed, self.bucket, feats, epoch=e)  # noqa: E731
             n = num_prefix_batches(seqs, bs)
         example = next(iter(make(0)))
-        return to_tf_dataset(make, example, num_batches=n)
+        return to_tf_dataset(lambda e: make(self.train_epoch(e)), example, num_batches=n)
+
+    def train_epoch(self, passes: int) -> int:
+        """The epoch whose shuffle a new pass over the training pipeline uses: during
+        :meth:`fit` the Keras epoch being trained (under a strategy Keras opens one
+        extra pass to build the model, and a resumed run starts at a later epoch),
+        otherwise the number of passes opened so far."""
+        return self.__dict__.get("_train_epoch", passes)
 
     def fit(self, x=None, y=None, *, validation_protocol="default", monitor="recall@20",
             restore_best=True, patience: Optional[int] = None, callbacks=None, verbose="auto",
@@ -298,7 +313,7 @@ class SequentialRecommender(keras.Model, Recommender):
             raise ValueError(
                 f"dataset has {data.num_items} item classes but the model was built for {self.num_items}"
             )
-        callbacks = list(callbacks or [])
+        callbacks = [_KerasEpoch()] + list(callbacks or [])
         if not any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks):
             # a diverged run stops at once; the best finite epoch's weights are restored
             callbacks.append(keras.callbacks.TerminateOnNaN())
@@ -314,7 +329,10 @@ class SequentialRecommender(keras.Model, Recommender):
             x0 = next(iter(train_ds))[0]
             with self.distribute_strategy.scope():
                 self(x0)
-        hist = super().fit(train_ds, callbacks=callbacks, verbose=verbose, shuffle=False, **kwargs)
+        try:
+            hist = super().fit(train_ds, callbacks=callbacks, verbose=verbose, shuffle=False, **kwargs)
+        finally:
+            self.__dict__.pop("_train_epoch", None)
         if val is not None:
             self.best_epoch, self.best_metrics = val.best_epoch, val.best_metrics
         return hist

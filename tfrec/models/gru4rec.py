@@ -712,18 +712,7 @@ class GRU4Rec(SequentialRecommender):
             return super().fit(x, y, **kwargs)
         self.set_sampler(x.train.item_counts(self.num_items))
         self.session_state.reset()
-        model = self
-
-        class ShuffleEpoch(keras.callbacks.Callback):
-            # each pass's order is the one of the Keras epoch it trains
-            def on_epoch_begin(self, epoch, logs=None):
-                model.__dict__["_train_epoch"] = int(epoch)
-
-        kwargs["callbacks"] = [ShuffleEpoch()] + list(kwargs.get("callbacks") or [])
-        try:
-            return super().fit(x, y, **kwargs)
-        finally:
-            self.__dict__.pop("_train_epoch", None)
+        return super().fit(x, y, **kwargs)  # the base fit records the Keras epoch for the shuffle
 
     def session_parallel_scores(self, seqs: SequenceSet, batch_size: Optional[int] = None):
         """Scores of every target, computed session-parallel with resets (as the

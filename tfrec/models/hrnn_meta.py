@@ -504,26 +504,8 @@ class HRNNMeta(SequentialRecommender):
             make = lambda e: padded_stream_batches(stream, bs, shuffle, self.seed, e, self.bucket)  # noqa: E731
             n = -(-int((np.diff(stream.offsets) > 0).sum()) // bs)
         example = next(iter(make(0)))
-        # during ``fit`` a pass shuffles for the Keras epoch it trains (set by a
-        # callback), not for the number of passes opened so far: under a strategy
-        # Keras opens one extra pass to build the model, and a resumed run starts at
-        # a later epoch
-        return to_tf_dataset(lambda e: make(self.__dict__.get("_train_epoch", e)), example, num_batches=n)
-
-    def fit(self, x=None, y=None, **kwargs):
-        if not isinstance(x, SequenceDataset):
-            return super().fit(x, y, **kwargs)
-        model = self
-
-        class _ShuffleEpoch(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                model.__dict__["_train_epoch"] = int(epoch)
-
-        kwargs["callbacks"] = [_ShuffleEpoch()] + list(kwargs.get("callbacks") or [])
-        try:
-            return super().fit(x, y, **kwargs)
-        finally:
-            self.__dict__.pop("_train_epoch", None)
+        # during ``fit`` a pass shuffles for the Keras epoch it trains (see train_epoch)
+        return to_tf_dataset(lambda e: make(self.train_epoch(e)), example, num_batches=n)
 
     def _compiled_fn(self, key, fn):
         f = getattr(self, key, None)
