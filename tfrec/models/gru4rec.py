@@ -144,34 +144,7 @@ class AdagradM(keras.optimizers.Optimizer):
 
 
 # ------------------------------------------------------- prefix / CE form (table)
-class TargetNormalizedLoss:
-    """Mixin: with ``target_normalizer`` set, the training loss is the summed masked
-    cross-entropy divided by that constant instead of by the batch's number of targets.
-
-    With prefix-parallel (``layout="sequence"``) batches bucketed by length, a batch
-    of short sequences holds far fewer targets than a batch of long ones; the
-    per-batch mean then gives each target of a short sequence several times the
-    weight of a target of a long one. Dividing by a constant (e.g. 512, the prefix
-    batch size) weights every target equally, as prefix-augmented batches do.
-    """
-
-    target_normalizer = None
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if not self.target_normalizer or y is None or len(y.shape) < 2:
-            return super().compute_loss(x, y, y_pred, sample_weight, training)
-        y = ops.cast(y, "int32")
-        ce = keras.losses.sparse_categorical_crossentropy(y, ops.cast(y_pred, "float32"), from_logits=True)
-        w = ops.cast(ops.not_equal(y, 0), "float32")
-        if sample_weight is not None:
-            w = w * ops.cast(sample_weight, "float32")
-        loss = ops.sum(ce * w) / float(self.target_normalizer)
-        if self.losses:
-            loss = loss + ops.sum(ops.stack([ops.cast(e, "float32") for e in self.losses]))
-        return loss
-
-
-class RNN4Rec(TargetNormalizedLoss, SequentialRecommender):
+class RNN4Rec(SequentialRecommender):
     """An RNN over the history with a full softmax output layer (HCRNN's GRU4REC row).
 
     ``embedding (N(0, 0.1)) -> dropout -> GRU/LSTM -> dropout -> Dense(num_items)``,
@@ -189,7 +162,7 @@ class RNN4Rec(TargetNormalizedLoss, SequentialRecommender):
         input_dropout: dropout on the item embeddings (0.25).
         decoder_dropout: dropout on the state fed to the output layer (0.5).
         target_normalizer: with ``layout="sequence"``, divide the summed loss by
-            this constant (see :class:`TargetNormalizedLoss`); ``None``: batch mean.
+            this constant (see :class:`~tfrec.models.base.SequentialRecommender`); ``None``: batch mean.
         **kwargs: ``layout``, ``batch_size``, ``bucket``, ``seed`` (see base).
 
     Example:

@@ -9,7 +9,7 @@ from tfrec.layers.attention import NARMAttention, masked_softmax
 from tfrec.layers.decoders import BilinearDecoder
 from tfrec.layers.embeddings import table_item_embedding
 from tfrec.models.base import SequentialRecommender, gather_last, lengths_of
-from tfrec.models.gru4rec import GateBiasInitializer, TargetNormalizedLoss
+from tfrec.models.gru4rec import GateBiasInitializer
 from tfrec.models.registry import register
 
 
@@ -19,7 +19,7 @@ from tfrec.models.registry import register
           test_config={"embedding_dim": 8, "units": 8, "batch_size": 32},
           description="NARM: GRU global encoder + attentive local encoder, bilinear decoder.")
 @keras.saving.register_keras_serializable(package="tfrec")
-class NARM(TargetNormalizedLoss, SequentialRecommender):
+class NARM(SequentialRecommender):
     """NARM as the HCRNN authors ran it.
 
     ``item embedding (N(0, 0.1)) -> dropout -> GRU`` (TF1 ``GRUCell`` semantics);
@@ -43,7 +43,7 @@ class NARM(TargetNormalizedLoss, SequentialRecommender):
         input_dropout: dropout on input embeddings (0.25).
         decoder_dropout: dropout on ``s`` (0.5).
         target_normalizer: with ``layout="sequence"``, divide the summed loss by this
-            constant (see :class:`~tfrec.models.gru4rec.TargetNormalizedLoss`).
+            constant (see :class:`~tfrec.models.base.SequentialRecommender`).
         **kwargs: ``batch_size``, ``bucket``, ``seed`` (see base).
 
     Example:
