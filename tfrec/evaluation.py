@@ -27,7 +27,7 @@ import numpy as np
 
 from tfrec.data.pipelines import prefix_batches, sequence_batches
 from tfrec.data.schema import SequenceSet
-from tfrec.metrics import metrics_from_ranks, ranks_from_scores
+from tfrec.metrics import UNRANKED, metrics_from_ranks, ranks_from_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,7 @@ def collect_ranks(model, seqs: SequenceSet, protocol: Union[str, Protocol] = "de
         yy = np.asarray(y)
         r = ranks_from_scores(scores, yy, p.ties, mask)
         valid = yy != 0
-        nan_targets += int(np.isnan(np.take_along_axis(scores, yy[..., None], axis=-1)[..., 0])[valid].sum())
+        nan_targets += int((r[valid] == UNRANKED).sum())  # ranks_from_scores marks NaN targets
         ranks.append(r[valid])
         if getattr(model, "probabilistic", False):
             logps.append(_log_softmax_at(scores, yy)[valid])
