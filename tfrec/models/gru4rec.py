@@ -179,8 +179,7 @@ class RNN4Rec(SequentialRecommender):
     def __init__(self, num_items, cell: Optional[str] = None, embedding_dim: int = 100,
                  units: int = 100, input_dropout: float = 0.25, decoder_dropout: float = 0.5,
                  target_normalizer: Optional[float] = None, **kwargs):
-        super().__init__(num_items, **kwargs)
-        self.target_normalizer = None if target_normalizer is None else float(target_normalizer)
+        super().__init__(num_items, target_normalizer=target_normalizer, **kwargs)
         self.cell = (cell or self.default_cell).lower()
         if self.cell not in ("gru", "lstm"):
             raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
@@ -228,7 +227,7 @@ class RNN4Rec(SequentialRecommender):
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "embedding_dim": self.embedding_dim,
                 "units": self.units, "input_dropout": self.input_dropout,
-                "decoder_dropout": self.decoder_dropout, "target_normalizer": self.target_normalizer}
+                "decoder_dropout": self.decoder_dropout}
 
 
 @register("gru4rec_ce", model_config=dict(TABLE), test_config=dict(TINY),

@@ -60,8 +60,7 @@ class NARM(SequentialRecommender):
     def __init__(self, num_items, embedding_dim: int = 100, units: int = 100,
                  input_dropout: float = 0.25, decoder_dropout: float = 0.5,
                  target_normalizer=None, **kwargs):
-        super().__init__(num_items, **kwargs)
-        self.target_normalizer = None if target_normalizer is None else float(target_normalizer)
+        super().__init__(num_items, target_normalizer=target_normalizer, **kwargs)
         self.embedding_dim, self.units = int(embedding_dim), int(units)
         self.input_dropout, self.decoder_dropout = float(input_dropout), float(decoder_dropout)
         self.item_embedding = table_item_embedding(self.num_items, self.embedding_dim, self.seed)
@@ -107,5 +106,4 @@ class NARM(SequentialRecommender):
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim, "units": self.units,
-                "input_dropout": self.input_dropout, "decoder_dropout": self.decoder_dropout,
-                "target_normalizer": self.target_normalizer}
+                "input_dropout": self.input_dropout, "decoder_dropout": self.decoder_dropout}
