@@ -14,6 +14,7 @@ from keras import ops
 
 from tfrec.data import simulate_sessions
 from tfrec.data.pipelines import Batcher
+from tfrec.layers.state import lane_states
 from tfrec.models import registry
 from tfrec.models.base import SequentialRecommender, gather_last, lengths_of
 from tfrec.savedmodels import export, existing_versions
@@ -238,6 +239,28 @@ def test_export_scores_equal_model_scores(name, exports):
     idx = np.array([[data.item_vocab.lookup([i.decode()])[0] for i in row] for row in ids])
     np.testing.assert_allclose(np.take_along_axis(want, idx, 1), top, rtol=1e-4, atol=1e-5)
     assert not (FORBIDDEN_OPS & graph_ops(path)), f"{name}: Python ops in the graph"
+
+
+@pytest.mark.parametrize("name", ["hrnn", "gru4rec"])
+def test_export_after_fit_with_lane_state(name, data, tmp_path):
+    """A model trained with replica-local lane state (the HRNN TBPTT carry, GRU4Rec's
+    session-parallel lanes) exports, and the export scores equal the model's. Regression:
+    SavedModel used to serialize the tracked Keras model's default signature, a trace of
+    ``model(inputs)`` with the training inputs, which read the carry and failed to save."""
+    keras.utils.set_random_seed(0)
+    model = registry.build(name, data, **registry.get(name).test_config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(data, epochs=1, verbose=0)
+    assert lane_states(model), "the case needs a model with lane state"
+    path = export(model, str(tmp_path / name), data=data, warmup=False)
+    x, sig = history_batch(data, tuple(model.input_features), n=6, seed=3)
+    want = np.asarray(model.score_prefix_batch(x), np.float32)[:, 1:]
+    loaded = tf.saved_model.load(path)
+    tokens = np.array([t.encode() for t in data.item_vocab.tokens], object)
+    got = loaded.signatures["score"](candidates=tf.constant(np.tile(tokens[None, :], (len(want), 1))),
+                                     **{k: tf.constant(v) for k, v in sig.items()})
+    np.testing.assert_allclose(got["scores"].numpy(), want, rtol=1e-4, atol=1e-5)
+    assert not hasattr(loaded, "model"), "the Keras model object is not part of the export"
 
 
 @pytest.mark.parametrize("name", ["tiny_step_gru", "tiny_step_matrix", "tiny_window_mean", "itemknn"])

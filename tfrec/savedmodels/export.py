@@ -143,7 +143,12 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
             self.features = export_features(model)
             self.num_items = int(model.num_items)
             if self.keras:
-                self.model = model
+                # the variables, not the Keras model: a tracked Keras model makes SavedModel
+                # also serialize its ``_default_save_signature``, a trace of ``model(inputs)``
+                # with the training build shapes (extra export time, and it can read
+                # training-only state such as replica-local TBPTT carries, which then
+                # fails to save). The signatures reach the model through this closure.
+                self.model_variables = list(model.variables)
             else:
                 self.model_state = {k: tf.Variable(np.asarray(v), trainable=False, name=k)
                                     for k, v in model.state().items()}
@@ -197,7 +202,7 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
         # ---------------------------------------------------------- scoring
         def _logits_impl(self, inputs):
             if self.keras:
-                out = self.model.prefix_logits(inputs, training=False)
+                out = model.prefix_logits(inputs, training=False)
             else:
                 out = model.tf_score(inputs, dict(self.model_state))
             return tf.cast(out, tf.float32)
