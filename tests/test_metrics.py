@@ -147,3 +147,24 @@ def test_evaluate_warns_when_scores_are_nan():
     with pytest.warns(RuntimeWarning, match="3 of 3 targets have NaN scores"):
         out = evaluate(Diverged(), SequenceSet.from_lists([[1, 2, 3, 1]]), protocol="hcrnn")
     assert out["recall@20"] == 0.0
+
+
+def test_long_sequences_are_scored_prefix_by_prefix_beyond_the_models_limit():
+    """A causal model with ``sequence_scoring_max_length`` below the split's longest
+    sequence is evaluated prefix by prefix (STAMP's one-pass scoring is quadratic in
+    the length): the same ranks, and no one-pass call."""
+    from tfrec.models.stamp import STAMP
+
+    seqs = SequenceSet.from_lists([[1, 2, 3, 4, 5, 6], [2, 3, 1], [4, 4, 2, 5]])
+    model = STAMP(num_items=7, embedding_dim=4, seed=3)
+    one_pass = evaluate(model, seqs, ks=[1, 3])
+    calls = []
+    original = model.score_sequence_batch
+    model.score_sequence_batch = lambda x: calls.append(x) or original(x)
+    model.sequence_scoring_max_length = 5
+    by_prefix = evaluate(model, seqs, ks=[1, 3])
+    assert calls == []
+    assert by_prefix == pytest.approx(one_pass)
+    model.sequence_scoring_max_length = 6
+    evaluate(model, seqs, ks=[1, 3])
+    assert len(calls) >= 1

@@ -90,6 +90,9 @@ def collect_ranks(model, seqs: SequenceSet, protocol: Union[str, Protocol] = "de
     p = get_protocol(protocol)
     feats = tuple(getattr(model, "input_features", ("items",)))
     use_sequence = bool(getattr(model, "causal", False)) and not p.exclude_history
+    max_len = getattr(model, "sequence_scoring_max_length", None)
+    if use_sequence and max_len is not None and len(seqs.lengths) and int(seqs.lengths.max()) > max_len:
+        use_sequence = False  # one pass over such long sequences would not fit in memory
     ranks, logps = [], []
     nan_targets = 0
     bar = _progress(seqs.num_targets, progress, "evaluate")

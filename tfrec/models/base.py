@@ -48,6 +48,10 @@ class Recommender:
 
     input_features: Sequence[str] = ("items",)
     causal: bool = False
+    #: longest sequence a causal model scores in one pass during evaluation; longer
+    #: splits are scored prefix by prefix (same ranks). ``None``: no limit. Set by
+    #: models whose one-pass scoring needs memory quadratic in the length (STAMP).
+    sequence_scoring_max_length: "int | None" = None
     probabilistic: bool = False
     #: registry name, set by :func:`tfrec.models.registry.register`.
     registry_name: str = ""
