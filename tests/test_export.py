@@ -263,7 +263,8 @@ def test_export_after_fit_with_lane_state(name, data, tmp_path):
     assert not hasattr(loaded, "model"), "the Keras model object is not part of the export"
 
 
-@pytest.mark.parametrize("name", ["tiny_step_gru", "tiny_step_matrix", "tiny_window_mean", "itemknn"])
+@pytest.mark.parametrize("name", ["tiny_step_gru", "tiny_step_matrix", "tiny_window_mean", "itemknn",
+                                  "hrnn", "hgru", "hrnn_meta"])
 def test_step_signature_matches_replay(name, exports):
     """Advancing a session event by event through ``step`` gives the scores of replaying its
     history (recurrent protocol: exactly; window state: exactly while the history fits the window,
@@ -273,7 +274,8 @@ def test_step_signature_matches_replay(name, exports):
     loaded = tf.saved_model.load(path)
     info = json.load(open(os.path.join(path, "assets.extra", EXPORT_INFO)))
     window = int(info["step"].split(":")[1]) if info["step"].startswith("window") else None
-    assert (window is None) == name.startswith("tiny_step")
+    own_step = name.startswith("tiny_step") or name in ("hrnn", "hgru", "hrnn_meta")
+    assert (window is None) == own_step
     rng = np.random.default_rng(3)
     L, B = 9, 3
     items = rng.integers(1, data.num_items, (B, L)).astype(np.int32)
@@ -297,7 +299,11 @@ def test_step_signature_matches_replay(name, exports):
         state = loaded.signatures["step"](**inp)
         if window is None:  # the model's own state travels flat: [B, D] per tensor
             flat = {k: tuple(v.shape) for k, v in state.items() if k.startswith("state_") and k[6:].isdigit()}
-            assert flat == {"state_0": (B, model.units)}, flat
+            if name.startswith("tiny_step"):
+                assert flat == {"state_0": (B, model.units)}, flat
+            else:  # HRNN family: cell states, then the pending event (item, value)
+                proto = tf.nest.flatten(model.initial_state(1))
+                assert flat == {f"state_{i}": (B, int(np.prod(p.shape[1:]))) for i, p in enumerate(proto)}, flat
         a = 0 if window is None else max(0, t + 1 - window)
         x = {"items": items[:, a : t + 1]}
         if "deltas" in feats:

@@ -487,5 +487,51 @@ def test_previous_event_deltas_with_query_gap_equal_next_deltas():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("name", ["hrnn", "hgru", "rnn", "hrnn_meta", "rnn_meta"])
+def test_step_equals_prefix_logits_after_every_event(name):
+    """The O(1) serving step (pending event committed under the gap to the next one)
+    gives, after every event, the scores of ``prefix_logits`` over the whole history
+    with a query gap of 0; sessions of a batch advance independently."""
+    ds = toy_dataset()
+    keras.utils.set_random_seed(0)
+    model = registry.build(name, ds, **registry.get(name).test_config)
+    feats = tuple(model.input_features)
+    seqs = ds.test
+    rows = [0, 1, 2]
+    L = int(min(seqs.lengths[r] for r in rows))
+    items = np.stack([seqs.sequence(r)[:L] for r in rows]).astype(np.int32)
+    times = np.stack([seqs.column("times", r)[:L] for r in rows])
+    values = np.stack([seqs.column("values", r)[:L] for r in rows]).astype(np.float32)
+    users = np.asarray(seqs.users[rows], np.int32)
+    state = model.initial_state(len(rows))
+    for t in range(L):
+        ev = {"items": items[:, t],
+              "deltas": (np.full(len(rows), np.inf) if t == 0 else times[:, t] - times[:, t - 1]).astype(np.float32)}
+        if "values" in feats:
+            ev["values"] = values[:, t]
+        if "user" in feats:
+            ev["user"] = users
+        logits, state = model.step(state, ev)
+        x = {"items": items[:, : t + 1]}
+        d = np.zeros((len(rows), t + 1), np.float32)
+        d[:, 0] = np.inf
+        d[:, 1:] = np.diff(times[:, : t + 1], axis=1)
+        x["deltas"] = d
+        if "values" in feats:
+            x["values"] = values[:, : t + 1]
+        if "user" in feats:
+            x["user"] = users
+        want = model.score_prefix_batch(x)
+        np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4, err_msg=f"{name} event {t}")
+    assert np.asarray(state["pending_item"]).tolist() == items[:, -1].tolist()
+
+
+def test_models_without_an_o1_step_have_none():
+    ds = toy_dataset()
+    assert registry.build("item_fm", ds, **registry.get("item_fm").test_config).step is None
+    conv = HRNNMeta.from_dataset(ds, temporal_conv="before", training_layout="padded", **TINY)
+    assert conv.step is None and conv.initial_state is None
+
 if __name__ == "__main__":
     _two_replica_child()

@@ -384,12 +384,24 @@ class HRNNMeta(SequentialRecommender):
         """Stream inputs ``s_items [B, S]`` (+ ``s_deltas``, ``s_values``,
         ``s_user``) -> ``(h [B, S, H], final_states)``."""
         items = ops.cast(s["s_items"], "int32")
-        is_bos = ops.equal(items, self.bos)
         if self.encoder == "none":
             h = ops.zeros(ops.shape(items) + (self.hidden,))
             return h, []
         if self.encoder == "last_item_features":
             return self.fm_projection(self._item_feature_rows(items)), []
+        e = self._embed_stream(items, training)
+        if self.temporal_conv == "before":
+            e = e + self.conv(e, training=training)
+        packed = self._pack_stream(s, items, e)
+        if self.temporal_conv == "instead":
+            return self.conv(self.cell.embed_inputs(packed), training=training), []
+        out = self.rnn(packed, initial_state=initial_state, training=training)
+        return out[0], list(out[1:])
+
+    def _embed_stream(self, items, training=False):
+        """Input embeddings of stream items ``[B, S]`` (the begin-of-sequence token
+        included), mixed with the item-feature embedding when ``feature_inputs``."""
+        is_bos = ops.equal(items, self.bos)
         e = self.item_embedding(items)
         if self.feature_inputs:
             ef = self.feature_input_projection(self._item_feature_rows(items))
@@ -402,8 +414,12 @@ class HRNNMeta(SequentialRecommender):
             lam = ops.where(is_bos, 0.0, lam)
             lam = ops.cast(ops.expand_dims(lam, -1), e.dtype)
             e = (1.0 - lam) * e + lam * ef
-        if self.temporal_conv == "before":
-            e = e + self.conv(e, training=training)
+        return e
+
+    def _pack_stream(self, s, items, e):
+        """The cell's per-step inputs ``[B, S, packed]``: embedding, level control
+        (from ``s_deltas``), user vector and standardised feedback."""
+        is_bos = ops.equal(items, self.bos)
         levels = None
         if self.use_levels or self.cell_kind == "hgru":
             if "s_deltas" in s:
@@ -412,22 +428,93 @@ class HRNNMeta(SequentialRecommender):
                 deltas = ops.where(is_bos, float("inf"), ops.zeros_like(ops.cast(items, "float32")))
             levels = self.levels(deltas)
         if self.cell_kind == "hgru":
-            packed = HRNNMetaCell.pack(e, levels)
-        else:
-            user_vec = None
-            if self.has_users:
-                rows = ops.take(ops.convert_to_tensor(self.user_table), ops.cast(s["s_user"], "int32"), axis=0)
-                rows = ops.cast(rows, "int32")
-                user_vec = ops.concatenate([emb(rows[..., i]) for i, emb in enumerate(self.user_embeddings)], -1)
-            fb = None
-            if self.feedback:
-                z = (ops.cast(s["s_values"], "float32") - self.value_mean) / self.value_std
-                fb = ops.where(ops.logical_or(is_bos, ops.equal(items, 0)), 0.0, z)
-            packed = HRNNMetaCell.pack(e, levels if self.use_levels else None, user_vec, fb)
-        if self.temporal_conv == "instead":
-            return self.conv(self.cell.embed_inputs(packed), training=training), []
-        out = self.rnn(packed, initial_state=initial_state, training=training)
-        return out[0], list(out[1:])
+            return HRNNMetaCell.pack(e, levels)
+        user_vec = None
+        if self.has_users:
+            rows = ops.take(ops.convert_to_tensor(self.user_table), ops.cast(s["s_user"], "int32"), axis=0)
+            rows = ops.cast(rows, "int32")
+            user_vec = ops.concatenate([emb(rows[..., i]) for i, emb in enumerate(self.user_embeddings)], -1)
+        fb = None
+        if self.feedback:
+            z = (ops.cast(s["s_values"], "float32") - self.value_mean) / self.value_std
+            fb = ops.where(ops.logical_or(is_bos, ops.equal(items, 0)), 0.0, z)
+        return HRNNMetaCell.pack(e, levels if self.use_levels else None, user_vec, fb)
+
+    # ------------------------------------------------- O(1) serving step
+    @property
+    def initial_state(self):
+        """``initial_state(batch_size)`` for the O(1) serving :attr:`step`, or ``None``
+        for configurations without one (``encoder`` other than ``"rnn"``, or a
+        temporal convolution, whose receptive field is a window of events: export
+        then gives them the bounded-window step)."""
+        return self._initial_state if self._steppable else None
+
+    @property
+    def step(self):
+        """``step(state, inputs) -> (logits [B, num_items], new_state)``: advances
+        every session by one event (``inputs["items"]`` ``[B]``, with ``deltas`` = the
+        gap in seconds since the session's previous event, ``values`` and ``user``
+        when the model reads them); the logits equal :meth:`prefix_logits` of the
+        whole history. ``None`` where the model has no O(1) step (see
+        :attr:`initial_state`).
+
+        The control signal of an event is the gap to the *next* event, so an event
+        is committed to the recurrent state only when its successor arrives: the
+        state holds the cell states up to the previous event plus that pending
+        event; each step commits it under the new gap, then scores the new event
+        with the query gap 0 (as ``prefix_logits`` does). Two cell steps per call.
+
+        Example:
+
+        >>> from tfrec.data import simulate_sessions
+        >>> data = simulate_sessions(num_users=20)
+        >>> m = HRNNMeta.from_dataset(data, hidden=8, embedding_dim=8)
+        >>> st = m.initial_state(2)
+        >>> logits, st = m.step(st, {"items": np.array([3, 5]), "deltas": np.array([np.inf, np.inf])})
+        >>> tuple(logits.shape)
+        (2, 26)
+        """
+        return self._step if self._steppable else None
+
+    @property
+    def _steppable(self) -> bool:
+        return self.encoder == "rnn" and self.temporal_conv == "none"
+
+    def _initial_state(self, batch_size):
+        cells = [ops.zeros((batch_size, size), "float32") for size in self._carry_sizes()]
+        return {"cells": cells, "pending_item": ops.full((batch_size,), self.bos, "int32"),
+                "pending_value": ops.zeros((batch_size,), "float32")}
+
+    def _cell_step(self, s, states):
+        """One cell step on stream inputs of one position (``s_items`` ``[B]``, ...)."""
+        s = {k: ops.expand_dims(v, 1) for k, v in s.items()}
+        items = ops.cast(s["s_items"], "int32")
+        packed = self._pack_stream(s, items, self._embed_stream(items))
+        h, new = self.cell(packed[:, 0], [ops.cast(c, self.cell.compute_dtype) for c in states])
+        return h, list(new) if isinstance(new, (list, tuple)) else [new]
+
+    def _step(self, state, inputs, training=False):
+        items = ops.cast(ops.reshape(inputs["items"], (-1,)), "int32")
+        pending = ops.cast(state["pending_item"], "int32")
+        fresh = ops.equal(pending, self.bos)
+        prev = {"s_items": pending}
+        new = {"s_items": items}
+        if "deltas" in inputs:  # the gap to this event is the control of the pending one
+            gap = ops.cast(ops.reshape(inputs["deltas"], (-1,)), "float32")
+            prev["s_deltas"] = ops.where(fresh, float("inf"), gap)
+            new["s_deltas"] = ops.zeros_like(gap)  # query gap 0, as prefix_logits
+        values = ops.zeros(ops.shape(items), "float32")
+        if self.feedback:
+            values = ops.cast(ops.reshape(inputs["values"], (-1,)), "float32")
+            prev["s_values"], new["s_values"] = ops.cast(state["pending_value"], "float32"), values
+        if self.has_users:
+            user = ops.cast(ops.reshape(inputs["user"], (-1,)), "int32")
+            prev["s_user"] = new["s_user"] = user
+        _, committed = self._cell_step(prev, state["cells"])
+        h, _ = self._cell_step(new, committed)
+        return self.decode(h, training=training), {
+            "cells": [ops.cast(c, "float32") for c in committed], "pending_item": items,
+            "pending_value": values}
 
     def decode(self, h, training=False, lam=None):
         logits = self.decoder(self.dropout(h, training=training), training=training, lam=lam)
