@@ -530,23 +530,59 @@ def test_server_path_adds_no_retracing(server, stubs):
 
 
 def test_signature_runner_fast_path_equals_public_call(base):
-    """The pre-bound flat call gives exactly what the public keyword call gives, and a
-    runner without the fast path (another TF version) still works."""
+    """The direct eager call and the pre-bound flat call give exactly what the public
+    keyword call gives, and a runner without them (another TF version) still works; the
+    direct call neither aliases nor changes the caller's arrays."""
     from tfrec.serving.server import SignatureRunner
 
     loaded = tf.saved_model.load(os.path.join(str(base / "spop"), "1"))
     fn = loaded.signatures["serving_default"]
     inp = good_inputs()
-    fast = SignatureRunner(fn)
+    direct = SignatureRunner(fn)
+    flat = SignatureRunner(fn)
+    flat.direct = False
     slow = SignatureRunner(fn)
-    slow.fast = False
-    assert fast.fast and fast.names == sorted(inp)
+    slow.fast = slow.direct = False
+    assert direct.direct and direct.fast and direct.names == sorted(inp)
+    assert direct.out_names == sorted(fn.structured_outputs)
     want = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inp.items()}).items()}
-    for r in (fast, slow):
+    before = {k: v.copy() for k, v in inp.items()}
+    for r in (direct, flat, slow):
         got = r(inp)
         assert set(got) == set(want)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+    for k, v in inp.items():
+        np.testing.assert_array_equal(v, before[k])
+    # a bad request fails the same way on every path (the server maps it to INVALID_ARGUMENT)
+    bad = dict(inp, k=np.zeros_like(inp["k"]))
+    for r in (direct, flat, slow):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="k must be >= 1"):
+            r(bad)
+
+
+def test_signature_runner_direct_step_matches_public_call(data, tmp_path):
+    """The direct call on a recurrent model's ``step`` (single-threaded executor, state in
+    and out) equals the public call, state tensors included."""
+    from tfrec.models import registry
+    from tfrec.serving.server import SignatureRunner
+
+    model = registry.build("gru4rec_ce", data, **registry.get("gru4rec_ce").test_config)
+    path = export(model, str(tmp_path / "gru"), data=data, step_mode="model", warmup=False)
+    loaded = tf.saved_model.load(path)
+    runner = SignatureRunner(loaded.signatures["step"])
+    assert runner.direct and runner.single_threaded
+    state = SignatureRunner(loaded.signatures["initial_state"])({"sessions": np.array([b"a", b"b"], object)})
+    tokens = [t.encode() for t in list(data.item_vocab.tokens)[1:5]]
+    for item in (tokens[:2], tokens[2:4]):
+        inp = dict(state, item=np.array(item, object), k=np.array([3, 5], np.int32))
+        got = runner(inp)
+        want = loaded.signatures["step"](**{k: tf.constant(v) for k, v in inp.items()})
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k].numpy())
+        state = {k: v for k, v in got.items() if k.startswith("state_")}
 
 
 def test_signature_runner_single_threaded_executor(tmp_path):

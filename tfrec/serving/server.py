@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
+import itertools
 import json
 import logging
 import os
@@ -295,13 +297,17 @@ class SignatureRunner:
 
     Everything that does not depend on the request is prepared once: the flat input
     order (a signature takes a dict, flattened in sorted key order), the input dtypes
-    and the captured inputs (variable handles, tables). A request then costs one
-    ``tf.constant`` per input, one call of the concrete function's flat entry point
-    (no argument binding, no retracing: the graph is fixed) and one ``.numpy()`` per
-    output. When the private flat entry point is missing (another TF version) or the
-    function's inputs are not the plain dict this expects, the public keyword call is
-    used instead. Inputs must already match the signature (see
-    :meth:`Servable.check_inputs`).
+    and the captured inputs (variable handles, tables), the function's eager op name,
+    its flat output names and the call attributes of both executors. A request then
+    costs one eager tensor per input (a copy of the array, as ``tf.constant`` makes),
+    one ``TFE_Py_Execute`` of the function (the call ``ConcreteFunction._call_flat``
+    ends in, without its per-call Python: executor context, option copies, tape and
+    distribution checks, output packing; on a ``step`` that Python took about as long
+    as the graph) and one ``.numpy()`` per output. When these private entry points
+    are missing or look different (another TF version), the concrete function's flat
+    call is used, and when that is missing too or the function's inputs are not the
+    plain dict this expects, the public keyword call. Inputs must already match the
+    signature (see :meth:`Servable.check_inputs`).
 
     A signature whose graph has no control flow (e.g. a recurrent model's ``step``) runs
     on TF's single-threaded executor: its kernels execute on the calling thread instead
@@ -339,6 +345,64 @@ class SignatureRunner:
                 self.fast = True
         except Exception:  # noqa: BLE001 - any surprise: use the public call
             self.fast = False
+        self.direct = False
+        if self.fast:
+            try:
+                self._prepare_direct()
+                self.direct = True
+            except Exception:  # noqa: BLE001 - any surprise: the flat call
+                self.direct = False
+
+    def _prepare_direct(self):
+        """Binds the function's own eager op once: its name, its flat outputs' names,
+        the resource handles it captures and the call attributes for both executors,
+        so that a request is one ``TFE_Py_Execute`` (what ``_call_flat`` ends in, minus
+        its per-call Python: executor context, option copies, tape checks, output
+        packing)."""
+        from tensorflow.python import pywrap_tfe
+        from tensorflow.python.eager import context, core
+        from tensorflow.python.framework import ops
+
+        tf = self._tf
+        atomic = self.fn._inference_function
+        name = atomic.name
+        self._op_name = name.decode() if isinstance(name, bytes) else str(name)
+        outputs = self.fn.structured_outputs
+        if not isinstance(outputs, dict) or not all(isinstance(v, (tf.Tensor, tf.TensorSpec))
+                                                    for v in outputs.values()):
+            raise TypeError("signature outputs are not a flat dict of tensors")
+        self.out_names = sorted(outputs)  # the flat order of a dict's values
+        flat = atomic.function_type.flat_outputs
+        n_out = len(flat)
+        if n_out != len(self.out_names) or any(getattr(f, "name", None) not in (None, n)
+                                               for f, n in zip(flat, self.out_names)):
+            raise TypeError("unexpected flat outputs")
+        handles = []
+        for c in self.captured:
+            h = c.handle if isinstance(c, tf.Variable) else c
+            if not isinstance(h, ops.EagerTensor):
+                raise TypeError("a captured input is not an eager tensor")
+            handles.append(h)
+        if len(atomic.cached_definition.signature.input_arg) != len(self.names) + len(handles):
+            raise TypeError("unexpected number of function inputs")
+        self._handles = handles
+        self._n_out = n_out
+        ctx = context.context()
+        ctx.ensure_initialized()
+        self._ctx = ctx
+        base = ctx.function_call_options
+        attrs = {}
+        for executor in ("", "SINGLE_THREADED_EXECUTOR"):
+            opts = copy.copy(base)
+            opts.executor_type = executor
+            attrs[executor] = tuple(itertools.chain(*opts.as_attrs().items()))
+        self._attrs = attrs
+        self._enums = [d.as_datatype_enum for d in self.dtypes]
+        self._execute = pywrap_tfe.TFE_Py_Execute
+        self._eager_tensor = ops.EagerTensor
+        self._not_ok = core._NotOkStatusException  # noqa: SLF001
+        self._to_exception = core._status_to_exception  # noqa: SLF001
+        self._op_error = tf.errors.OpError
 
     @classmethod
     def _no_control_flow(cls, fn) -> bool:
@@ -356,7 +420,28 @@ class SignatureRunner:
             return self.fn._call_flat(tensors, self.captured)
         return self.fn(**dict(zip(self.names, tensors)))
 
+    def _call_direct(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        ctx = self._ctx
+        device = ctx.device_name
+        make = self._eager_tensor
+        # a copy, as tf.constant makes: the tensor must not alias the caller's array
+        args = [make(np.array(inputs[n], copy=True), device, e) for n, e in zip(self.names, self._enums)]
+        args += self._handles
+        try:
+            outs = self._execute(ctx._handle, device, self._op_name, args,  # noqa: SLF001
+                                 self._attrs["SINGLE_THREADED_EXECUTOR" if self.single_threaded else ""],
+                                 self._n_out)
+        except (self._not_ok, self._op_error) as e:
+            err = self._to_exception(e) if isinstance(e, self._not_ok) else e
+            if self.single_threaded and "Single-threaded executor does not support" in str(err):
+                self.single_threaded = False  # unsupported op: the default executor from now on
+                return self._call_direct(inputs)
+            raise err from None
+        return {k: v.numpy() for k, v in zip(self.out_names, outs)}
+
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self.direct:
+            return self._call_direct(inputs)
         tf = self._tf
         constant = tf.constant
         tensors = [constant(inputs[n], dtype=d) for n, d in zip(self.names, self.dtypes)]
