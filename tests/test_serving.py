@@ -201,6 +201,19 @@ def test_client_helper(server):
         assert len(recs) == 2 and len(recs[0]) == 3 and all(i not in ("1", "2") for i, _ in recs[0])
         assert "serving_default" in c.metadata()
         assert c.status()[0]["state"] == "AVAILABLE"
+        # numpy inputs (fast encoding) and Python lists (tf.make_tensor_proto: [3] is int32)
+        # give what the in-process call gives
+        inp = good_inputs()
+        _, want = server.predict("rec", inp)
+        for sent in (inp, {k: v.tolist() for k, v in inp.items()}):
+            got = c.predict(sent)
+            assert set(got) == set(want)
+            for k in want:
+                assert got[k].dtype == want[k].dtype
+                np.testing.assert_array_equal(got[k], want[k])
+        with pytest.raises(grpc.RpcError) as e:  # errors are unchanged
+            c.predict(dict(inp, k=inp["k"].astype(np.int64)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expects int32" in e.value.details()
 
 
 def test_binds_loopback_by_default(server):
@@ -460,12 +473,18 @@ def test_tensor_proto_conversion_matches_tensorflow():
 
     arrays = [np.array([[b"a", b"bc"], [b"", b"\xff"]], object), np.arange(6, dtype=np.int32).reshape(2, 3),
               np.array([1.5, -np.inf], np.float32), np.array([3.0]), np.array([True, False]),
-              np.arange(3, dtype=np.int64), np.zeros((0, 4), np.int32), np.array(7, np.int32)]
+              np.arange(3, dtype=np.int64), np.zeros((0, 4), np.int32), np.array(7, np.int32),
+              np.zeros((1, 0), object), np.array([], np.float64), np.zeros((2, 0), np.float32),
+              np.array([[1e300, -0.0]], np.float64), np.array([[np.nan]], np.float32)]
     for a in arrays:
         np.testing.assert_array_equal(to_ndarray(tf.make_tensor_proto(a)), a)
         back = tf.make_ndarray(to_proto(a))
-        assert back.shape == a.shape
+        assert back.shape == a.shape and back.dtype == a.dtype
         np.testing.assert_array_equal(back, a)
+        again = to_ndarray(to_proto(a))  # our own round trip, exact
+        assert again.shape == a.shape and again.dtype == a.dtype
+        np.testing.assert_array_equal(again, a)
+        assert to_proto(a).dtype == tf.make_tensor_proto(a).dtype
     p = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_shape=tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)]))
     p.int_val.extend([4, 5, 6])
@@ -611,3 +630,26 @@ def test_signature_runner_single_threaded_executor(tmp_path):
     forced = SignatureRunner(loaded.signatures["loop"], single_threaded=True)
     np.testing.assert_array_equal(forced(x)["y"], [8.0, 16.0])
     assert not forced.single_threaded  # fell back after the executor refused the loop
+
+
+def test_configure_tensorflow_thread_spinning():
+    """``tfrec serve --tensorflow_thread_spinning off`` reaches TF's context config (in a
+    fresh process, as the server sets it before TF starts); once TF runs it refuses."""
+    import subprocess
+    import sys
+
+    from tfrec.serving.cli import configure_tensorflow
+
+    code = ("from tfrec.serving.cli import configure_tensorflow\n"
+            "configure_tensorflow(1, 2, True)\n"
+            "from tensorflow.python.eager import context\n"
+            "context.context().ensure_initialized()\n"
+            "c = context.context().config\n"
+            "print('CFG', c.experimental.disable_thread_spinning, c.intra_op_parallelism_threads, "
+            "c.inter_op_parallelism_threads)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert "CFG True 1 2" in out.stdout, out.stderr[-2000:]
+    tf.constant(1.0)  # this process's TF is running
+    with pytest.raises(RuntimeError, match="already initialized"):
+        configure_tensorflow(0, 0, True)

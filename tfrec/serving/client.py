@@ -45,17 +45,29 @@ class Client:
 
     def predict(self, inputs: Dict[str, np.ndarray], signature: str = "serving_default",
                 version: Optional[int] = None, output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        """A raw Predict call: numpy inputs -> numpy outputs."""
-        import tensorflow as tf
+        """A raw Predict call: numpy inputs -> numpy outputs.
+
+        numpy arrays are encoded with :func:`tfrec.serving.tensors.to_proto` (numbers as
+        ``tensor_content``, strings as ``string_val``, written straight into the request);
+        anything else (lists, scalars) goes through ``tf.make_tensor_proto`` as before, so
+        a Python ``[5]`` is still an int32 tensor. Outputs are decoded with
+        :func:`~tfrec.serving.tensors.to_ndarray` (equal to ``tf.make_ndarray``)."""
         from tensorflow_serving.apis import predict_pb2
+
+        from tfrec.serving.tensors import to_ndarray, to_proto
 
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, signature, version)
         for k, v in inputs.items():
-            req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+            if isinstance(v, np.ndarray):
+                to_proto(v, req.inputs[k])
+            else:
+                import tensorflow as tf
+
+                req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
         req.output_filter.extend(output_filter)
         resp = self.prediction.Predict(req, timeout=self.timeout)
-        return {k: tf.make_ndarray(v) for k, v in resp.outputs.items()}
+        return {k: to_ndarray(v) for k, v in resp.outputs.items()}
 
     @staticmethod
     def history_inputs(histories: List[Sequence[str]]) -> Dict[str, np.ndarray]:
