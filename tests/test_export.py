@@ -548,3 +548,42 @@ def test_cli_export_from_run_dir(tmp_path):
     out = m.signatures["serving_default"](items=tf.constant([[b"1"]]), lengths=tf.constant([1]),
                                           k=tf.constant([2]), exclude_seen=tf.constant([False]))
     assert out["item_ids"].numpy()[0, 0] == b"1"  # S-POP ranks the history's item first
+
+
+@pytest.mark.parametrize("name", ["gru4rec_ce", "hrnn"])
+def test_tf1_session_loader_equals_tf2_load(name, exports):
+    """TF Serving and ``saved_model_cli run`` load a SavedModel the TF1 way (restore the
+    checkpoint into the MetaGraph's variables, then run the signature's tensors in a
+    session). Keras models' variables must be restored there too (Keras 3's variable
+    wrappers used to be saved as a second, never-read copy: "Could not find variable"),
+    and every signature must give what ``tf.saved_model.load`` gives."""
+    from tfrec.serving.server import SignatureRunner
+
+    model, path, ds = exports(name)
+    x, sig = history_batch(ds, getattr(model, "input_features", ("items",)), n=4)
+    inputs = {"serving_default": dict(sig, k=np.full(len(sig["lengths"]), 5, np.int32),
+                                      exclude_seen=np.zeros(len(sig["lengths"]), bool))}
+    loaded = tf.saved_model.load(path)
+    state = SignatureRunner(loaded.signatures["initial_state"])({"sessions": np.array([b"a", b"b"], object)})
+    step = dict(state, item=sig["items"][:2, 0], k=np.array([3, 3], np.int32))
+    if "timestamps" in sig:
+        step["timestamp"] = sig["timestamps"][:2, 0]
+    if "values" in sig:
+        step["value"] = sig["values"][:2, 0]
+    if "user_id" in sig:
+        step["user_id"] = sig["user_id"][:2]
+    inputs["step"] = step
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        for signame, inp in inputs.items():
+            sd = meta.signature_def[signame]
+            got = sess.run({k: v.name for k, v in sd.outputs.items()},
+                           {sd.inputs[k].name: v for k, v in inp.items()})
+            want = SignatureRunner(loaded.signatures[signame])(inp)
+            assert set(got) == set(want)
+            for k in want:
+                if want[k].dtype == object:
+                    np.testing.assert_array_equal(got[k], want[k], err_msg=f"{signame}/{k}")
+                else:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{signame}/{k}")

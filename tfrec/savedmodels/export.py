@@ -130,6 +130,15 @@ def _ensure_built(model) -> None:
     model.prefix_logits({k: _tf().constant(v) for k, v in x.items()}, training=False)
 
 
+def _backing_variable(v):
+    """The ``tf.Variable`` behind a Keras 3 variable (``v`` itself when it is one)."""
+    tf = _tf()
+    if isinstance(v, tf.Variable):
+        return v
+    inner = getattr(v, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else v
+
+
 def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequence[str]],
                  oov: str, step_window: int, step_mode: str = "auto"):
     tf = _tf()
@@ -148,7 +157,11 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                 # with the training build shapes (extra export time, and it can read
                 # training-only state such as replica-local TBPTT carries, which then
                 # fails to save). The signatures reach the model through this closure.
-                self.model_variables = list(model.variables)
+                # The backing tf.Variables, not Keras 3's wrappers: a tracked wrapper is
+                # saved as a second variable that the checkpoint restores while the graph
+                # reads the first, so TF1-style loaders (TF Serving, saved_model_cli run)
+                # failed with "Could not find variable ..." (tf.saved_model.load worked).
+                self.model_variables = [_backing_variable(v) for v in model.variables]
             else:
                 self.model_state = {k: tf.Variable(np.asarray(v), trainable=False, name=k)
                                     for k, v in model.state().items()}
