@@ -41,6 +41,11 @@ before the in-epoch check existed, and stopped after 3 epochs):
     python benchmarks/hnvm.py run --threads 1 --deadline 23:14 --task next_session --models hnvm_no_z,hnvm_no_e,hnvm_bpr --epochs 30 --run-minutes 24
     python benchmarks/hnvm.py run --threads 1 --deadline 23:14 --task next_item --models hnvm --seeds 1 --epochs 30 --run-minutes 70
     python benchmarks/hnvm.py run --threads 1 --deadline 23:14 --task next_session --models hnvm --seeds 1 --epochs 30 --run-minutes 70
+    (session 2, 23:35-23:52, idle machine: the GRU4Rec, Caser, HNVM seed 0 and ablation rows re-run with
+    --force --run-minutes 6 --deadline 23:57, see the notes)
+    (session 3, unpinned at nice 5, load 5-7; STAMP scores long histories prefix by prefix since commit e6fa356)
+    python benchmarks/hnvm.py run --threads 1 --task both --models stamp --epochs 20 --run-minutes 30
+    python benchmarks/hnvm.py run --threads 1 --task both --models hnvm --seeds 2 --epochs 30 --run-minutes 30
     python benchmarks/hnvm.py report
 
 Timing (CPU seconds, robust to load; re-run in a quiet window): ``taskset -c 1 python benchmarks/hnvm.py profile``.
@@ -297,8 +302,8 @@ def cmd_report(args):
              "hnvm_noqg", "hnvm_b256"]
     label = lambda k: VARIANTS[k][2] if k in VARIANTS else BASELINES.get(k, k)  # noqa: E731
     md = ["# HNVM on MovieLens 100K (next-item and next-session)", "",
-          "Commands (session 2; each run in the background pinned to core 1, `TF_CPP_MIN_LOG_LEVEL=2 nohup "
-          "taskset -c 1 nice -n 5 /work/venv/bin/python ...`), then collected:", "",
+          "Commands (sessions 2-3; each run in the background, `TF_CPP_MIN_LOG_LEVEL=2 nohup "
+          "[taskset -c 1] nice -n 5 /work/venv/bin/python ...`), then collected:", "",
           "```", *_doc_commands(),
           "```", "",
           "`*` after the epochs = training stopped by the wall-clock budget (`--run-minutes` / `--deadline`), "
