@@ -16,11 +16,16 @@ random weights (latency does not depend on training), exported with
   request, so load from other processes hits them alike; CPU time per request (client
   process and server process, from ``/proc``) is reported as well since it hardly depends
   on load.
+* The gRPC floor: the same client and request against a PredictionService in its own
+  process that runs no model (answering at once, and sleeping for the in-process call's
+  p50 before answering), i.e. what Python gRPC and the protos cost whatever the server
+  does; the server overhead is compared with it.
 * ``step`` vs full replay at ``--step-history`` events, both called in-process through the
   same runner; the generic bounded-window step that models without their own step get is
   timed too (the same weights exported with ``step_mode="window"``).
 
     python benchmarks/serving.py [--items 10000] [--requests 300] [--server process|thread]
+                                 [--threads N] [--thread-spinning on|off]
 
 Writes ``benchmarks/results/<--name>.json`` and ``.md`` (default ``serving``).
 """
@@ -54,6 +59,12 @@ def make_model(num_items: int):
     model = GRU4RecCE(num_items=num_items, embedding_dim=100, units=100)
     model.score_prefix_batch({"items": np.array([[1, 2]], np.int32)})  # build the weights
     return model
+
+
+def timed(call) -> float:
+    t = time.perf_counter()
+    call()
+    return (time.perf_counter() - t) * 1e3
 
 
 def percentiles(ms):
@@ -118,6 +129,76 @@ def run_interleaved(calls: dict, n: int, warmup: int = 10, cpu_of=None):
     return out, lat
 
 
+def serve_floor(k: int = 20, hold_ms: float = 0.0, hold: bool = False) -> None:
+    """``--floor-server``: a PredictionService that runs no model. It decodes the request's
+    tensors and answers a response of the benchmark's shape (``item_ids`` and ``scores``
+    ``[1, k]``) with the same proto conversions ``tfrec serve`` uses, so a round trip to it
+    is what Python gRPC (client stub, loopback, server threads) and the proto handling
+    cost by themselves: the floor under the server overhead. With ``hold`` it sleeps
+    before answering, for the ``x-hold-us`` request metadata (the benchmark sends the
+    duration of the in-process model call it just made) or ``hold_ms``: standing in for
+    the model's time, so the client and the server's gRPC threads wait idle as long as
+    with the real model, and their wake-ups cost what they cost there."""
+    from concurrent import futures
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec.serving.tensors import to_ndarray, to_proto
+
+    ids = np.array([[f"i{j}".encode() for j in range(k)]], object)
+    scores = np.linspace(1, 0, k, dtype=np.float32)[None, :]
+
+    class Floor(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            {name: to_ndarray(v) for name, v in request.inputs.items()}
+            if hold:
+                hold_us = dict(context.invocation_metadata()).get("x-hold-us")
+                time.sleep(int(hold_us) / 1e6 if hold_us else hold_ms / 1e3)
+            resp = predict_pb2.PredictResponse()
+            resp.model_spec.name = request.model_spec.name
+            resp.model_spec.version.value = 1
+            resp.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+            to_proto(ids, resp.outputs["item_ids"])
+            to_proto(scores, resp.outputs["scores"])
+            return resp
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)],
+                         compression=grpc.Compression.NoCompression)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Floor(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"floor gRPC 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+
+
+def _spawn(cmd, pattern: str):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    port = None
+    for line in proc.stdout:
+        m = re.search(pattern, line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is None:
+        proc.kill()
+        raise RuntimeError(f"{cmd[2:4]} did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+
+    def stop():
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    return port, stop, proc.pid
+
+
+def start_floor_server(args, hold_ms=None):
+    cmd = [sys.executable, os.path.abspath(__file__), "--floor-server", "--k", str(args.k)]
+    if hold_ms is not None:
+        cmd += ["--floor-hold-ms", f"{hold_ms:.3f}"]
+    return _spawn(cmd, r"floor gRPC 127\.0\.0\.1:(\d+)")
+
+
 def start_server(args, base: str):
     """``tfrec serve`` in its own process (as deployed), or in a thread of this one.
     Returns (port, stop, pid or None)."""
@@ -128,27 +209,12 @@ def start_server(args, base: str):
         srv.start(port=0, rest_api_port=None)
         return srv.port, srv.stop, None
     cmd = [sys.executable, "-m", "tfrec.cli", "serve", "--model_name", "gru4rec", "--model_base_path", base,
-           "--port", "0", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "0"]
+           "--port", "0", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "0",
+           "--tensorflow_thread_spinning", args.thread_spinning]
     if args.threads:
         cmd += ["--tensorflow_intra_op_parallelism", str(args.threads),
                 "--tensorflow_inter_op_parallelism", str(args.threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    port = None
-    for line in proc.stdout:
-        m = re.search(r"gRPC 127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-            break
-    if port is None:
-        proc.kill()
-        raise RuntimeError("tfrec serve did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-
-    def stop():
-        proc.terminate()
-        proc.wait(timeout=30)
-
-    return port, stop, proc.pid
+    return _spawn(cmd, r"gRPC 127\.0\.0\.1:(\d+)")
 
 
 def process_cpu_seconds(pid) -> float:
@@ -183,14 +249,21 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="TF intra/inter-op threads in both processes (0: TF default; TF Serving's "
                         "--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism)")
+    p.add_argument("--thread-spinning", choices=["on", "off"], default="on",
+                   help="TF worker threads spin for work (TF's default) or sleep at once, in both "
+                        "processes (tfrec serve --tensorflow_thread_spinning)")
+    p.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--floor-hold-ms", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.floor_server:
+        return serve_floor(args.k, args.floor_hold_ms or 0.0, args.floor_hold_ms is not None)
 
+    from tfrec.serving.cli import configure_tensorflow
+
+    # the in-process baseline runs with the server's TF settings
+    configure_tensorflow(args.threads, args.threads, args.thread_spinning == "off")
     import grpc
     import tensorflow as tf
-
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     from tfrec.data.vocab import Vocabulary
@@ -228,26 +301,56 @@ def main(argv=None):
         out = fn(**prebuilt)
         return out["item_ids"].numpy(), out["scores"].numpy()
 
+    for _ in range(10):
+        in_process()
+    model_ms = float(np.median([timed(in_process) for _ in range(50)]))  # the holding floor's default
     port, stop_server, server_pid = start_server(args, os.path.join(tmp, "gru4rec"))
+    floor_port, stop_floor, floor_pid = start_floor_server(args)
+    hold_port, stop_hold, hold_pid = start_floor_server(args, model_ms)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    floor_channel = grpc.insecure_channel(f"127.0.0.1:{floor_port}")
+    hold_channel = grpc.insecure_channel(f"127.0.0.1:{hold_port}")
 
-    def via_grpc():
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = "gru4rec"
-        for k, v in inputs.items():
-            to_proto(v, req.inputs[k])
-        r = stub.Predict(req, timeout=30)
-        return to_ndarray(r.outputs["item_ids"]), to_ndarray(r.outputs["scores"])
+    last_in_process_s = [model_ms / 1e3]
 
+    def in_process_timed():  # the baseline, remembering its duration for the holding floor
+        t = time.perf_counter()
+        out = in_process()
+        last_in_process_s[0] = time.perf_counter() - t
+        return out
+
+    def grpc_client(channel, hold=False):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call():  # a real client's work: encode the request, call, decode the response
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "gru4rec"
+            for k, v in inputs.items():
+                to_proto(v, req.inputs[k])
+            md = (("x-hold-us", str(int(last_in_process_s[0] * 1e6))),) if hold else None
+            r = stub.Predict(req, timeout=30, metadata=md)
+            return to_ndarray(r.outputs["item_ids"]), to_ndarray(r.outputs["scores"])
+
+        return call
+
+    via_grpc, via_floor = grpc_client(channel), grpc_client(floor_channel)
+    via_hold = grpc_client(hold_channel, hold=True)
     a, b = in_process(), via_grpc()
     assert (a[0] == b[0]).all() and np.allclose(a[1], b[1]), "gRPC and in-process disagree"
 
     IN, GRPC, KW = "in-process SavedModel", "gRPC tfrec serve", "in-process, keyword call on prebuilt tensors"
+    FLOOR = "gRPC floor: do-nothing servicer"
+    HOLD = "gRPC floor: do-nothing servicer sleeping as long as the in-process call"
     cpu_of = {GRPC: (lambda: process_cpu_seconds(server_pid))} if server_pid else {}
-    res, lat = run_interleaved({IN: in_process, GRPC: via_grpc, KW: in_process_keyword}, args.requests,
-                               cpu_of=cpu_of)
+    cpu_of[FLOOR] = lambda: process_cpu_seconds(floor_pid)
+    cpu_of[HOLD] = lambda: process_cpu_seconds(hold_pid)
+    res, lat = run_interleaved({IN: in_process_timed, GRPC: via_grpc, FLOOR: via_floor, HOLD: via_hold,
+                                KW: in_process_keyword}, args.requests, cpu_of=cpu_of)
     paired = np.asarray(lat[GRPC]) - np.asarray(lat[IN])
+    for ch in (floor_channel, hold_channel):
+        ch.close()
+    stop_floor()
+    stop_hold()
     rows = [{"path": name, **r} for name, r in res.items()]
     for name, call in ((IN, in_process), (GRPC, via_grpc)):
         rows.append({"path": name, **run_load(call, 8, max(args.requests // 4, 25))})
@@ -299,6 +402,10 @@ def main(argv=None):
     paired_overhead = float(np.median(paired))
     server_cpu = c1[GRPC].get("server_cpu_ms")
     cpu_overhead = None if server_cpu is None else c1[GRPC]["cpu_ms"] + server_cpu - c1[IN]["cpu_ms"]
+    floor, hold = c1[FLOOR], c1[HOLD]
+    floor_cpu = floor["cpu_ms"] + floor["server_cpu_ms"]
+    hold_overhead = hold["p50_ms"] - c1[IN]["p50_ms"]  # it sleeps the in-process call's time
+    hold_paired = float(np.median(np.asarray(lat[HOLD]) - np.asarray(lat[IN])))
     speedup = step_res[R]["p50_ms"] / step_res[S]["p50_ms"]
     speedup_cpu = step_res[R]["cpu_ms"] / step_res[S]["cpu_ms"]
     window_speedup = step_res[R]["p50_ms"] / step_res[W]["p50_ms"]
@@ -307,6 +414,11 @@ def main(argv=None):
     goals = {"server_overhead_p50_ms": overhead, "server_overhead_paired_median_ms": paired_overhead,
              "grpc_client_cpu_ms": c1[GRPC]["cpu_ms"], "server_cpu_ms_per_request": server_cpu,
              "in_process_cpu_ms": c1[IN]["cpu_ms"], "overhead_cpu_ms": cpu_overhead,
+             "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_cpu_ms": floor_cpu,
+             "overhead_above_floor_p50_ms": overhead - floor["p50_ms"],
+             "holding_floor_p50_ms": hold["p50_ms"], "holding_floor_overhead_p50_ms": hold_overhead,
+             "holding_floor_overhead_paired_median_ms": hold_paired,
+             "overhead_above_holding_floor_p50_ms": overhead - hold_overhead,
              "server_overhead_goal_ms": 1.0, "server_overhead_met": overhead <= 1.0,
              "step_speedup_p50": speedup, "step_speedup_cpu": speedup_cpu,
              "window_step_speedup_p50": window_speedup,
@@ -316,11 +428,13 @@ def main(argv=None):
     cmd = (f"taskset -c {','.join(map(str, affinity))} " if len(affinity) < (os.cpu_count() or 1) else "") + \
           (f"nice -n {nice} " if nice else "") + command()
     payload = {"command": cmd, "machine": machine(), "threads": args.threads, "server": args.server,
+               "thread_spinning": args.thread_spinning,
                "niceness": nice, "cpu_affinity": affinity, "load_average_before": load_before,
                "load_average_after": load_after, "items": args.items, "history": args.history,
                "step_history": L, "step_window": args.step_window, "k": args.k, "export_seconds": export_s,
                "latency": rows, "step_vs_replay": step_rows, "goals": goals,
                "step_single_threaded_executor": step_run.single_threaded,
+               "runner_direct_call": bool(step_run.direct and replay_run.direct),
                "replay_single_threaded_executor": replay_run.single_threaded,
                "models_with_own_step": sorted(n for n, v in protocol.items() if v),
                "models_with_window_step": sorted(n for n, v in protocol.items() if not v)}
@@ -331,7 +445,8 @@ Command: `{cmd}`
 
 Model: `gru4rec_ce` (embedding 100, GRU 100, full softmax; the registered model with its own
 O(1) `initial_state`/`step`) over {args.items} items, random weights; request: top-{args.k} after a
-history of {args.history} raw string ids, batch 1. TF intra/inter-op threads: {args.threads or "TF default"}.
+history of {args.history} raw string ids, batch 1. TF intra/inter-op threads: {args.threads or "TF default"};
+TF thread spinning: {args.thread_spinning} (both processes).
 Server: `tfrec serve` in {"its own process" if args.server == "process" else "a thread of the benchmark process"};
 client: the official `PredictionServiceStub` in the benchmark process. CPUs allowed: {affinity}
 (the server process inherits them). Loopback only. Measured on a {machine()['cpus']}-core machine
@@ -345,12 +460,24 @@ depend on it.
 {md_table(rows, ["path", "concurrency", "p50_ms", "p99_ms", "mean_ms", "qps", "n", "cpu_ms", "server_cpu_ms"])}
 
 The in-process baseline calls the same signature exactly as the server does (`SignatureRunner`:
-numpy -> `tf.constant` -> the concrete function's flat call -> numpy); the third row is the
-public keyword call on tensors built beforehand (the previous baseline), for reference.
+numpy -> eager tensors -> one eager execution of the signature's function -> numpy); the
+"keyword call" row is the public `fn(**tensors)` on tensors built beforehand, for reference.
+The "gRPC floor" rows send the same request to a PredictionService in its own process that
+runs no model: it decodes the request and answers a top-{args.k} response with the server's own
+proto conversions, so it is what the Python gRPC stack (client stub, loopback, server
+threads) and the protos cost by themselves, whatever the server does. The second floor
+sleeps before answering for as long as the in-process call of the same round took (sent as
+request metadata): the client and the server's gRPC threads then sit idle as long as with
+the model, and waking them costs what it costs with the model.
 At concurrency 1 the paths alternate request by request. Server overhead (p50 gRPC - p50
 in-process): **{overhead:.2f} ms**; median of the per-pair differences: {paired_overhead:.2f} ms
 (goal <= 1 ms: {"met" if goals["server_overhead_met"] else "NOT met"}). The gRPC figure includes the Python client
 (building the request from numpy, the stub, decoding the response) as a real client pays it.
+A do-nothing servicer costs {floor["p50_ms"]:.2f} ms p50 ({floor_cpu:.2f} ms CPU, client + server); the
+sleeping one costs {hold_overhead:.2f} ms above the in-process p50 (paired median {hold_paired:.2f} ms): that
+is the Python gRPC stack's own overhead around a request that takes as long as the model.
+`tfrec serve`'s overhead exceeds it by {overhead - hold_overhead:.2f} ms (its input checks, the model call on
+a gRPC worker thread next to TF's threads).
 CPU per request: in-process {c1[IN]["cpu_ms"]:.2f} ms; gRPC client {c1[GRPC]["cpu_ms"]:.2f} ms + server
 process {fmt(server_cpu)} ms, i.e. {fmt(cpu_overhead)} ms of CPU added by the gRPC path (client and server).
 
@@ -360,7 +487,8 @@ process {fmt(server_cpu)} ms, i.e. {fmt(cpu_overhead)} ms of CPU added by the gR
 
 All three go through the server's `SignatureRunner`, which runs the model's step (no control
 flow in its graph: {step_run.single_threaded}) on TF's single-threaded executor and the replay and
-window step (a GRU loop) on the default executor, as `tfrec serve` does.
+window step (a GRU loop) on the default executor, as `tfrec serve` does (direct eager call
+of the signature's function: {bool(step_run.direct and replay_run.direct)}).
 
 Speed-up of the model's own `step` over replaying {L} events (p50 wall): **{speedup:.1f}x** (goal >= 10x:
 {"met" if goals["step_speedup_met"] else "NOT met"}); in CPU time per call: {speedup_cpu:.1f}x. The step's top-{args.k} ids and
