@@ -92,7 +92,12 @@ def locked_update(path: str, fn) -> None:
 
 
 def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, causal_batch: int,
-            two_phase: bool, causal_normalizer=None) -> dict:
+            two_phase: bool, causal_normalizer=None, state_dir=None) -> dict:
+    """Trains and tests one run. With ``state_dir``, the run keeps a backup of the
+    model and optimizer after every epoch (Keras ``BackupAndRestore``) and its
+    validation state (best epoch, best weights, patience counter), so a run stopped
+    by the wall-clock budget continues where it stopped when the same command runs
+    again (epochs, selection and timings accumulate over the invocations)."""
     import keras
 
     from tfrec.evaluation import evaluate
@@ -106,19 +111,42 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
     model = HCRNN(num_items=data.num_items, **kw)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
     timer, budget = EpochTimer(), TimeBudget(budget_s)
+    callbacks, fit_kw, progress, progress_path = [timer, budget], {}, {"epochs": [], "train_wall_seconds": 0.0}, None
+    if state_dir:
+        rdir = os.path.join(state_dir, f"{run['name']}_{run['form']}_{run['seed']}" + ("_two_phase" if two_phase else ""))
+        os.makedirs(rdir, exist_ok=True)
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(rdir, "backup"), delete_checkpoint=False))
+        fit_kw["validation_state"] = os.path.join(rdir, "validation")
+        progress_path = os.path.join(rdir, "progress.json")
+        if os.path.isfile(progress_path):
+            with open(progress_path) as f:
+                progress = json.load(f)
+            print(f"resuming after epoch {len(progress['epochs'])} from {rdir}", flush=True)
     t0 = time.time()
     hist = model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
-                     patience=patience, callbacks=[timer, budget], verbose=2)
+                     patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
     train_s = time.time() - t0
+    new = len(hist.history.get("loss", []))
+    progress["epochs"] += [{**{k: float(v[i]) for k, v in hist.history.items() if not k.startswith("val_")},
+                            "train_seconds": float(timer.seconds[i])} for i in range(new)]
+    progress["train_wall_seconds"] += train_s
+    if progress_path:
+        with open(progress_path, "w") as f:
+            json.dump(progress, f)
     test = evaluate(model, data.test, protocol="hcrnn")
     test_conservative = evaluate(model, data.test, protocol="hcrnn_conservative")
-    epochs_run = len(hist.history.get("loss", []))
-    history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()},
-                "train_seconds": float(timer.seconds[i])} for i in range(epochs_run)]
+    vhist = getattr(model, "validation_history", [])
+    epochs_run = max(len(vhist), len(progress["epochs"]))
+    history = [{"epoch": i + 1, **(progress["epochs"][i] if i < len(progress["epochs"]) else {}),
+                **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
+               for i in range(epochs_run)]
+    timer.seconds = [e["train_seconds"] for e in progress["epochs"]]
+    train_s = progress["train_wall_seconds"]
+    early = bool(vhist) and patience is not None and not budget.hit and epochs_run < max_epochs
     return {
         **run, "model_config": model.get_config(), "best_epoch": model.best_epoch,
-        "epochs_run": epochs_run, "capped": bool(budget.hit), "early_stopped": bool(
-            not budget.hit and epochs_run < max_epochs),
+        "epochs_run": epochs_run, "capped": bool(budget.hit), "early_stopped": early,
+        "invocations_state_dir": state_dir,
         "valid": model.best_metrics, "test": test, "test_conservative": test_conservative,
         "seconds_per_epoch": seconds_per_epoch(timer.seconds), "epoch_seconds": timer.seconds,
         "train_wall_seconds": train_s, "history": history,
@@ -275,6 +303,9 @@ def main(argv=None):
     ap.add_argument("--data", default="hcrnn:hcrnn_citeulike")
     ap.add_argument("--merge-table", action="store_true", help="also merge rows into citeulike_table3.json")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/hcrnn_table3.json)")
+    ap.add_argument("--state-dir", default=None,
+                    help="keep per-run backups and validation state here; a capped run resumes when the "
+                         "same command runs again (use a directory outside snapshots, e.g. /work/hcrnn_state)")
     args = ap.parse_args(argv)
     global OUT_JSON, RESULTS
     if args.out:
@@ -307,11 +338,19 @@ def main(argv=None):
 
     data = load_spec(args.data)
     command = "python benchmarks/hcrnn_table3.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    done = {}
+    if os.path.isfile(OUT_JSON):
+        with open(OUT_JSON) as f:
+            done = {r["key"]: r for r in json.load(f).get("runs", [])}
     for spec in args.runs:
         run = parse_run(spec)
+        key = f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if args.two_phase else "")
+        if args.state_dir and key in done and not done[key].get("capped"):
+            print(f"=== {spec}: finished earlier (not capped), skipped ===", flush=True)
+            continue
         print(f"=== {spec} ===", flush=True)
         res = run_one(run, data, args.budget_minutes * 60, args.max_epochs, args.patience,
-                      args.causal_batch, args.two_phase, args.causal_normalizer)
+                      args.causal_batch, args.two_phase, args.causal_normalizer, args.state_dir)
         res["key"] = f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if args.two_phase else "")
         print(json.dumps({k: res[k] for k in ("key", "best_epoch", "epochs_run", "capped", "test",
                                               "seconds_per_epoch")}, default=float), flush=True)

@@ -339,6 +339,8 @@ class SequentialRecommender(keras.Model, Recommender):
             self.__dict__.pop("_train_epoch", None)
         if val is not None:
             self.best_epoch, self.best_metrics = val.best_epoch, val.best_metrics
+            # every validated epoch, also those of earlier runs resumed from ``validation_state``
+            self.validation_history = list(val.history)
         return hist
 
     def get_config(self):
