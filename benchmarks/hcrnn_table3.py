@@ -272,7 +272,7 @@ def merge_into_table(data: dict) -> None:
                     if v:
                         summary[block][m] = {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
             summary["seconds_per_epoch"] = {"median": row["seconds_per_epoch"]}
-            p = PAPER.get(row["model"]) if row["form"] == "paper" else None
+            p = PAPER.get(row["model"])  # the paper's one number per variant, beside either form
             label = LABELS[row["model"]] + ("" if row["form"] == "paper" else " (causal form)")
             notes = (f"{'paper form: prefix-augmented, one theta per prefix' if row['form'] == 'paper' else 'causal form: theta_t from the prefix up to t, prefix-parallel'}; "
                      f"epochs run {row['epochs_run']}, best {row['best_epochs']}"
