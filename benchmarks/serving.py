@@ -33,6 +33,7 @@ Writes ``benchmarks/results/<--name>.json`` and ``.md`` (default ``serving``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import subprocess
@@ -228,9 +229,19 @@ def step_protocol_models() -> dict:
     """Registered model -> True when it implements ``initial_state``/``step`` itself."""
     from tfrec.models import registry
 
-    out = {}
+    out, data = {}, None
     for name in registry.names():
         cls = registry.get(name).cls
+        if isinstance(inspect.getattr_static(cls, "step", None), property):
+            # the step depends on the configuration (HRNN family: None for feature-only or
+            # convolutional encoders): ask a small instance of the registered configuration
+            if data is None:
+                from tfrec.data import simulate_gambler
+
+                data = simulate_gambler(num_sequences=30, seed=0)
+            model = registry.build(name, data, **registry.get(name).test_config)
+            out[name] = callable(model.step) and callable(model.initial_state)
+            continue
         out[name] = callable(getattr(cls, "step", None)) and callable(getattr(cls, "initial_state", None))
     return out
 
