@@ -123,16 +123,26 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
                 progress = json.load(f)
             print(f"resuming after epoch {len(progress['epochs'])} from {rdir}", flush=True)
     t0 = time.time()
-    hist = model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
-                     patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
-    train_s = time.time() - t0
-    new = len(hist.history.get("loss", []))
-    progress["epochs"] += [{**{k: float(v[i]) for k, v in hist.history.items() if not k.startswith("val_")},
-                            "train_seconds": float(timer.seconds[i])} for i in range(new)]
-    progress["train_wall_seconds"] += train_s
-    if progress_path:
-        with open(progress_path, "w") as f:
-            json.dump(progress, f)
+
+    class Progress(keras.callbacks.Callback):
+        """Appends each finished epoch (loss, training seconds) to ``progress`` and, with a
+        state directory, writes it at once, so a killed run keeps its timings too."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal t0
+            progress["epochs"].append({**{k: float(v) for k, v in (logs or {}).items() if not k.startswith("val_")},
+                                       "train_seconds": float(timer.seconds[-1])})
+            now = time.time()
+            progress["train_wall_seconds"] += now - t0
+            t0 = now
+            if progress_path:
+                with open(progress_path + ".tmp", "w") as f:
+                    json.dump(progress, f)
+                os.replace(progress_path + ".tmp", progress_path)
+
+    callbacks.append(Progress())  # after the timer, which records the epoch's seconds first
+    model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
+              patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
     test = evaluate(model, data.test, protocol="hcrnn")
     test_conservative = evaluate(model, data.test, protocol="hcrnn_conservative")
     vhist = getattr(model, "validation_history", [])
