@@ -228,6 +228,7 @@ def process_cpu_seconds(pid) -> float:
 def step_protocol_models() -> dict:
     """Registered model -> True when it implements ``initial_state``/``step`` itself."""
     from tfrec.models import registry
+    from tfrec.savedmodels.export import has_own_step
 
     out, data = {}, None
     for name in registry.names():
@@ -240,9 +241,9 @@ def step_protocol_models() -> dict:
 
                 data = simulate_gambler(num_sequences=30, seed=0)
             model = registry.build(name, data, **registry.get(name).test_config)
-            out[name] = callable(model.step) and callable(model.initial_state)
+            out[name] = has_own_step(model)
             continue
-        out[name] = callable(getattr(cls, "step", None)) and callable(getattr(cls, "initial_state", None))
+        out[name] = has_own_step(cls)
     return out
 
 

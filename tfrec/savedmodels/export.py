@@ -130,6 +130,12 @@ def _ensure_built(model) -> None:
     model.prefix_logits({k: _tf().constant(v) for k, v in x.items()}, training=False)
 
 
+def has_own_step(model) -> bool:
+    """True when ``model`` advances a session in O(1) with its own ``initial_state`` /
+    ``step`` (export then uses them; otherwise the bounded-window step state)."""
+    return callable(getattr(model, "step", None)) and callable(getattr(model, "initial_state", None))
+
+
 def _backing_variable(v):
     """The ``tf.Variable`` behind a Keras 3 variable (``v`` itself when it is one)."""
     tf = _tf()
@@ -179,8 +185,7 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                         tf.range(1, max(len(ut), 1) + 1, dtype=tf.int32)),
                     default_value=0)
             self.oov = oov
-            self.has_step = step_mode != "window" and callable(getattr(model, "step", None)) and callable(
-                getattr(model, "initial_state", None))
+            self.has_step = step_mode != "window" and has_own_step(model)
             if step_mode == "model" and not self.has_step:
                 raise ValueError(f"{type(model).__name__} has no initial_state/step; use step_mode='auto'")
             self.window = int(step_window)
