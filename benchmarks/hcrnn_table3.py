@@ -361,7 +361,7 @@ def main(argv=None):
         print(f"=== {spec} ===", flush=True)
         res = run_one(run, data, args.budget_minutes * 60, args.max_epochs, args.patience,
                       args.causal_batch, args.two_phase, args.causal_normalizer, args.state_dir)
-        res["key"] = f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if args.two_phase else "")
+        res["key"] = key
         print(json.dumps({k: res[k] for k in ("key", "best_epoch", "epochs_run", "capped", "test",
                                               "seconds_per_epoch")}, default=float), flush=True)
 
