@@ -263,7 +263,9 @@ def test_get_config_round_trips():
     assert m2.get_config() == cfg and m2.causal and m2.theta == "causal"
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(layout="sequence", attention="narm")])
+@pytest.mark.parametrize("kw", [dict(), dict(layout="sequence", attention="narm"),
+                                dict(layout="sequence", loss="bpr-max", num_negatives=4, sample_alpha=0.4,
+                                     bpreg=1.5, elu_param=0.5)])
 def test_keras_save_load_identical_scores(tmp_path, kw):
     keras.utils.set_random_seed(0)
     data = _tiny_data()
@@ -313,3 +315,122 @@ def test_explain_and_plot():
     assert e["recommended"][0] == int(np.argmax(s))
     fig = plot_explanation(e)
     assert len(fig.axes) == 4
+
+
+# ------------------------------------------------ GRU4Rec training recipe (sampled losses)
+def _np_sampled_loss(y, y_pred, negatives, loss, bpreg=1.0, elu=0.0, normalizer=None):
+    """Independent numpy reference: rows = target positions (row-major), columns =
+    [targets, negatives], a row's negatives = every other column whose item differs
+    from its target."""
+    y = np.asarray(y).reshape(-1)
+    rows = np.asarray(y_pred, np.float64).reshape(len(y), -1)[y != 0]
+    t = y[y != 0]
+    cols = np.concatenate([t, negatives])
+    out = []
+    for i, ti in enumerate(t):
+        r = rows[i, cols]
+        if elu and loss != "sampled_softmax":
+            r = np.where(r > 0, r, elu * (np.exp(r) - 1))
+        neg = np.array([j != i and cols[j] != ti for j in range(len(cols))])
+        if loss == "sampled_softmax":
+            keep = neg.copy()
+            keep[i] = True
+            out.append(np.log(np.exp(r[keep]).sum()) - r[i])
+            continue
+        rn = r[neg]
+        s = np.exp(rn - rn.max())
+        s /= s.sum()
+        if loss == "bpr_max":
+            out.append(-np.log((s * sig(r[i] - rn)).sum() + 1e-24) + bpreg * (s * rn**2).sum())
+        else:  # top1_max
+            out.append((s * (sig(rn - r[i]) + sig(rn**2))).sum())
+    return np.sum(out) / (normalizer if normalizer else len(t))
+
+
+@pytest.mark.parametrize("loss,kw", [("bpr-max", dict(bpreg=1.95)), ("bpr-max", dict(bpreg=0.5, elu_param=0.5)),
+                                     ("sampled-softmax", dict(elu_param=0.5)), ("top1-max", {})])
+@pytest.mark.parametrize("layout,normalizer", [("sequence", None), ("sequence", 4.0), ("prefix", None)])
+def test_sampled_loss_equals_numpy(loss, kw, layout, normalizer):
+    rng = np.random.default_rng(3)
+    m = HCRNN(num_items=30, layout=layout, loss=loss, num_negatives=3, target_normalizer=normalizer, **TINY, **kw)
+    if layout == "sequence":  # target 3 twice (a mini-batch duplicate) and in the negatives (accidental hit)
+        y = np.array([[3, 4, 0], [5, 3, 7]], "int32")
+    else:
+        y = np.array([3, 4, 0, 3], "int32")
+    y_pred = (3 * rng.normal(size=y.shape + (30,))).astype("float32")
+    negatives = np.array([0, 9, 3, 11], "int32")
+    got = float(m.sampled_loss(y, y_pred, negatives=negatives))
+    name = m.loss_name
+    want = _np_sampled_loss(y, y_pred, negatives, name, kw.get("bpreg", 1.0), kw.get("elu_param", 0.0),
+                            normalizer if layout == "sequence" else None)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # without removing accidental hits the duplicates count as negatives: a different value
+    m2 = HCRNN(num_items=30, layout=layout, loss=loss, num_negatives=3, target_normalizer=normalizer,
+               remove_accidental_hits=False, **TINY, **kw)
+    assert not np.isclose(float(m2.sampled_loss(y, y_pred, negatives=negatives)), got)
+    # compute_loss adds the layer losses (the KL term) to it
+    m(({"items": np.array([[1, 2, 3]], "int32")}), training=True)
+    kl = sum(float(v) for v in m.losses)
+    assert kl > 0
+    total = float(m.compute_loss(y=y, y_pred=y_pred))  # draws its own negatives: compare bounds
+    assert np.isfinite(total) and total != got
+
+
+def test_default_cross_entropy_path_unchanged():
+    from tfrec.models.base import masked_sparse_ce
+
+    rng = np.random.default_rng(0)
+    m = HCRNN(num_items=30, layout="sequence", target_normalizer=4.0, **TINY)
+    assert m.loss_name == "cross_entropy" and not m.sampled_training and m.sample_logits is None
+    y = np.array([[3, 4, 0], [5, 3, 7]], "int32")
+    y_pred = rng.normal(size=(2, 3, 30)).astype("float32")
+    lp = y_pred - np.log(np.exp(y_pred).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(lp, y[..., None], -1)[..., 0]
+    want = (ce * (y != 0)).sum() / 4.0
+    np.testing.assert_allclose(float(m.compute_loss(y=y, y_pred=y_pred)), want, rtol=1e-5)
+    np.testing.assert_allclose(float(masked_sparse_ce(y, y_pred, normalizer=4.0)), want, rtol=1e-5)
+    # no sampler weight, no extra variables in the default model
+    names = [w.path for w in m.weights]
+    assert not any("sample_logits" in n for n in names)
+    sampled = HCRNN(num_items=30, layout="sequence", loss="bpr-max", **TINY)
+    assert len(sampled.weights) == len(m.weights) + 1
+
+
+def test_sampled_options_get_config_round_trip():
+    m = HCRNN(num_items=30, layout="sequence", loss="bpr-max", num_negatives=7, sample_alpha=0.4,
+              bpreg=1.95, elu_param=0.5, remove_accidental_hits=False, **TINY)
+    cfg = m.get_config()
+    assert (cfg["loss"], cfg["num_negatives"], cfg["sample_alpha"], cfg["bpreg"], cfg["elu_param"],
+            cfg["remove_accidental_hits"]) == ("bpr_max", 7, 0.4, 1.95, 0.5, False)
+    m2 = HCRNN.from_config(cfg)
+    assert m2.get_config() == cfg and m2.sampled_training
+    assert HCRNN.from_config({**cfg, "loss": "sampled-softmax"}).loss_name == "sampled_softmax"
+    with pytest.raises(ValueError):
+        HCRNN(num_items=30, loss="hinge", **TINY)
+    # the draw: padding first, then num_negatives items, never padding
+    neg = np.asarray(m.draw_negatives())
+    assert neg.shape == (8,) and neg[0] == 0 and (neg[1:] > 0).all()
+
+
+def test_sampled_loss_overfits_tiny_data():
+    """bpr-max with popularity-sampled negatives learns a deterministic successor
+    pattern (item i -> i + 1): the top-1 full-ranking prediction becomes the next item."""
+    keras.utils.set_random_seed(0)
+    seqs = [list(range(s, s + 6)) for s in range(1, 15)] * 3
+    mk = lambda s: SequenceSet.from_lists(s)  # noqa: E731
+    data = SequenceDataset(train=mk(seqs), valid=mk(seqs[:14]), test=mk(seqs[:14]),
+                           item_vocab=Vocabulary([str(i) for i in range(1, 21)]), name="succ")
+    m = HCRNN(num_items=data.num_items, layout="sequence", loss="bpr-max", num_negatives=10, sample_alpha=0.5,
+              bpreg=0.5, batch_size=14, input_dropout=0.0, theta_dropout=0.0, output_dropout=0.0, **TINY)
+    m.compile(optimizer=keras.optimizers.Adam(0.05))
+    hist = m.fit(data, epochs=25, verbose=0, validation_protocol="hcrnn", patience=None, restore_best=False)
+    counts = data.train.item_counts(data.num_items)  # item 20 and padding never occur
+    seen = counts > 0
+    logits = np.asarray(m.sample_logits)
+    np.testing.assert_allclose(logits[seen], np.log(counts[seen] ** 0.5 / (counts[seen] ** 0.5).sum()), rtol=1e-5)
+    assert (logits[~seen] <= -1e8).all() and not seen[0]
+    x = {"items": np.array([list(range(s, s + 5)) for s in range(1, 15)], "int32")}
+    s = m.score_sequence_batch(x)
+    pred = s.argmax(-1)
+    assert (pred == x["items"] + 1).mean() >= 0.85, pred - x["items"]
+    assert hist.history["loss"][-1] < 0.5 * hist.history["loss"][0]

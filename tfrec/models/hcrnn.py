@@ -18,6 +18,13 @@ Options for the authors' code-level choices (see
 variables; the shared Adam counter advances twice per batch), ``theta_input``
 (``"sum"`` of the prefix's item embeddings as in the code, or ``"mean"``), and one
 θ per prefix (``theta="prefix"``).
+
+Training loss (``loss``): the paper's full-softmax cross-entropy (default), or the
+training recipe of the official GRU4Rec (Hidasi & Karatzoglou 2018) -- a ranking
+loss (``"bpr-max"``, ``"top1-max"``, ...) or ``"sampled-softmax"`` over the
+decoder's scores restricted to the batch's targets plus ``num_negatives``
+popularity-sampled extra negatives (see :meth:`HCRNN.sampled_loss`). The KL term
+is added either way; evaluation always ranks all items.
 """
 
 from __future__ import annotations
@@ -28,14 +35,27 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from tfrec import losses as L
+from tfrec.data.schema import SequenceDataset
 from tfrec.layers.attention import NARMAttention
 from tfrec.layers.decoders import BilinearDecoder
 from tfrec.layers.hcrnn import BiChannelAttention, GlobalContextInference, HCRNNCell
-from tfrec.models.base import SequentialRecommender, gather_last, lengths_of
+from tfrec.models.base import SequentialRecommender, gather_last, lengths_of, scale_for_replicas
 from tfrec.models.registry import register
 
 ATTENTIONS = ("bi", "narm")
 THETA_MODES = ("prefix", "causal")
+#: ``loss`` values: full softmax (``cross_entropy``), softmax over the sampled
+#: columns (``sampled_softmax``) or a ranking loss of :mod:`tfrec.losses`.
+TRAINING_LOSSES = ("cross_entropy", "sampled_softmax", "bpr_max", "top1_max", "bpr", "top1")
+
+
+def _loss_name(loss: Optional[str]) -> str:
+    n = (loss or "cross_entropy").replace("-", "_")
+    n = {"xe": "cross_entropy", "ce": "cross_entropy"}.get(n, n)
+    if n not in TRAINING_LOSSES:
+        raise ValueError(f"loss must be one of {TRAINING_LOSSES} ('-' or '_'), got {loss!r}")
+    return n
 
 
 @register(
@@ -67,6 +87,22 @@ class HCRNN(SequentialRecommender):
         two_phase: the authors' two-phase update per batch (doubles the work).
         loop: ``"fast"`` (one ``tf.while_loop`` with hoisted projections and keys) or
             ``"keras"`` (``keras.layers.RNN(HCRNNCell)`` with masking); same values.
+        loss: training loss. ``"cross-entropy"`` (default, the paper's full softmax);
+            otherwise the GRU4Rec recipe on sampled columns (:meth:`sampled_loss`):
+            ``"bpr-max"``, ``"top1-max"``, ``"bpr"``, ``"top1"`` (:mod:`tfrec.losses`)
+            or ``"sampled-softmax"`` (cross-entropy of the target against the
+            sampled columns only, no log-Q correction, as GRU4Rec's sampled
+            cross-entropy). ``-`` or ``_`` accepted.
+        num_negatives: extra negatives per training batch, drawn with probability
+            proportional to ``count^sample_alpha`` (training item counts, set by
+            ``fit``) and shared by every target of the batch (sampled losses only).
+        sample_alpha: popularity exponent of that sampler (0: uniform over seen items).
+        bpreg: BPR-max score regulariser weight (``loss="bpr-max"``).
+        elu_param: ELU(alpha) applied to the sampled scores before a ranking loss
+            (GRU4Rec's final activation; monotone, so ranking at evaluation is
+            unchanged); 0 = none. Not applied for ``"sampled-softmax"``.
+        remove_accidental_hits: a column holding the same item as a row's target is
+            not a negative of that row (other targets in the batch, samples).
         layout, batch_size, bucket, seed: see :class:`SequentialRecommender`;
             ``layout="sequence"`` needs (and implies) ``theta="causal"``.
 
@@ -82,7 +118,9 @@ class HCRNN(SequentialRecommender):
                  inference_units: int = 100, kl_weight: float = 1e-3, input_dropout: float = 0.25,
                  theta_dropout: float = 0.25, output_dropout: float = 0.5,
                  theta: Optional[str] = None, theta_input: str = "sum", two_phase: bool = False,
-                 loop: str = "fast",
+                 loop: str = "fast", loss: str = "cross_entropy", num_negatives: int = 0,
+                 sample_alpha: float = 0.5, bpreg: float = 1.0, elu_param: float = 0.0,
+                 remove_accidental_hits: bool = True,
                  layout: str = "prefix", batch_size: int = 512, bucket: bool = True, seed: int = 0,
                  **kwargs):
         if theta is None:
@@ -113,6 +151,17 @@ class HCRNN(SequentialRecommender):
         if loop not in ("fast", "keras"):
             raise ValueError(f"loop must be 'fast' or 'keras', got {loop!r}")
         self.loop = loop
+        self.loss_name = _loss_name(loss)
+        self.num_negatives = int(num_negatives)
+        if self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+        self.sample_alpha = float(sample_alpha)
+        self.bpreg = float(bpreg)
+        self.elu_param = float(elu_param)
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.sample_logits = None
+        if self.sampled_training:
+            self.seed_gen = keras.random.SeedGenerator(seed + 3)
 
         self.embedding = layers.Embedding(
             self.num_items, self.embedding_dim,
@@ -156,6 +205,14 @@ class HCRNN(SequentialRecommender):
         else:
             self.readout.build((None, None, H), (None, None, D))
         self.decoder.build((None, self.readout_size))
+        if self.sampled_training:
+            # log-probabilities of the negative sampler (set from the training counts
+            # by ``fit``; until then uniform over the items, never padding)
+            init = np.zeros(self.num_items, "float32")
+            init[0] = -1e9
+            self.sample_logits = self.add_weight(
+                shape=(self.num_items,), initializer=keras.initializers.Constant(init),
+                trainable=False, name="sample_logits")
         self.built = True
 
     # ------------------------------------------------------------ networks
@@ -250,6 +307,93 @@ class HCRNN(SequentialRecommender):
         return self.decoder(h, training=training)
 
     # ------------------------------------------------------------ training
+    @property
+    def sampled_training(self) -> bool:
+        """True when the training loss is computed on sampled columns (``loss`` is
+        not ``"cross_entropy"``)."""
+        return self.loss_name != "cross_entropy"
+
+    def set_sampler(self, counts):
+        """Sets the negative sampler to ``count^sample_alpha`` of the training counts."""
+        self.sample_logits.assign(np.maximum(L.popularity_sampler_logits(counts, self.sample_alpha), -1e9))
+
+    def draw_negatives(self):
+        """The batch's extra negative columns ``[1 + num_negatives]`` int32: the
+        padding class 0 (a ranked candidate under the hcrnn protocol, never a target,
+        so only this keeps its score low) followed by ``num_negatives``
+        popularity-sampled items."""
+        pad = ops.zeros((1,), "int32")
+        if not self.num_negatives:
+            return pad
+        drawn = keras.random.categorical(ops.expand_dims(self.sample_logits, 0), self.num_negatives,
+                                         seed=self.seed_gen)[0]
+        return ops.concatenate([pad, ops.cast(drawn, "int32")], axis=0)
+
+    def sampled_loss(self, y, y_pred, sample_weight=None, negatives=None):
+        """The sampled training loss (``loss != "cross_entropy"``), KL excluded.
+
+        The decoder's scores of every target position (``y != 0``; ``y`` ``[B]`` or
+        ``[B, T]``, ``y_pred`` ``[..., num_items]``) are restricted to the columns
+        ``[targets of the batch (n), negatives (S)]``: row ``i``'s positive is column
+        ``i``, its negatives are the other rows' targets and the ``S`` shared extra
+        negatives (without the row's own item when ``remove_accidental_hits``). The
+        per-row loss is :func:`tfrec.losses.per_example_loss` (``"sampled_softmax"``:
+        its ``cross_entropy`` over these columns); the rows' sum is divided by
+        ``target_normalizer`` (sequence layout) or else by the number of targets.
+
+        Args:
+            y: int targets, 0 = no target.
+            y_pred: the model's scores.
+            sample_weight: optional weights of the same shape as ``y``.
+            negatives: int ``[S]`` extra negative columns (default :meth:`draw_negatives`).
+
+        Returns:
+            scalar loss.
+        """
+        import tensorflow as tf
+
+        n_cls = tf.shape(y_pred)[-1]
+        y_flat = tf.reshape(tf.cast(y, tf.int32), [-1])
+        keep = tf.not_equal(y_flat, 0)
+        rows = tf.boolean_mask(tf.reshape(tf.cast(y_pred, tf.float32), tf.stack([-1, n_cls])), keep)
+        targets = tf.boolean_mask(y_flat, keep)
+        if negatives is None:
+            negatives = self.draw_negatives()
+        negatives = tf.cast(tf.convert_to_tensor(negatives), tf.int32)
+        num_extra = negatives.shape[0]
+        cols = tf.concat([targets, negatives], axis=0)
+        scores = tf.gather(rows, cols, axis=1)
+        name = "cross_entropy" if self.loss_name == "sampled_softmax" else self.loss_name
+        if self.elu_param > 0 and name != "cross_entropy":
+            scores = ops.elu(scores, alpha=self.elu_param)
+        n = tf.shape(targets)[0]
+        mask = L.negative_mask(n, num_extra)
+        if self.remove_accidental_hits:
+            mask = tf.logical_and(mask, tf.not_equal(cols[None, :], targets[:, None]))
+        per = L.per_example_loss(name, scores, mask, self.bpreg)
+        if sample_weight is not None:
+            per = per * tf.boolean_mask(tf.reshape(tf.cast(sample_weight, tf.float32), [-1]), keep)
+        total = tf.reduce_sum(per)
+        if self.target_normalizer and len(y.shape) >= 2:
+            return total / self.target_normalizer
+        return tf.math.divide_no_nan(total, tf.cast(n, tf.float32))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Full-softmax cross-entropy + KL (base class), or :meth:`sampled_loss` + KL."""
+        if not self.sampled_training or y is None:
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                        training=training)
+        loss = self.sampled_loss(y, y_pred, sample_weight)
+        extra = self.losses
+        if extra:
+            loss = loss + ops.sum(ops.stack([ops.cast(e, "float32") for e in extra]))
+        return scale_for_replicas(loss)
+
+    def fit(self, x=None, y=None, **kwargs):
+        if isinstance(x, SequenceDataset) and self.sampled_training:
+            self.set_sampler(x.train.item_counts(self.num_items))
+        return super().fit(x, y, **kwargs)
+
     def train_step(self, data):
         """Default Keras step, or the authors' two-phase update when ``two_phase``."""
         if not self.two_phase:
@@ -345,7 +489,9 @@ class HCRNN(SequentialRecommender):
                 "kl_weight": self.kl_weight, "input_dropout": self.input_dropout_rate,
                 "theta_dropout": self.theta_dropout_rate, "output_dropout": self.output_dropout,
                 "theta": self.theta, "theta_input": self.theta_input, "two_phase": self.two_phase,
-                "loop": self.loop}
+                "loop": self.loop, "loss": self.loss_name, "num_negatives": self.num_negatives,
+                "sample_alpha": self.sample_alpha, "bpreg": self.bpreg, "elu_param": self.elu_param,
+                "remove_accidental_hits": self.remove_accidental_hits}
 
 
 def plot_explanation(expl: dict, labels: Optional[Sequence[str]] = None, figsize=(10, 8)):
