@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import command, machine, md_table, write_results  # noqa: E402
 
 NAME = "gru4rec_official_recipe"
+
+
 class CPUEpochTimer:
     """CPU seconds (user + system, all threads of this process) per training epoch,
     validation excluded (to the last training batch, like ``EpochTimer``): a
@@ -75,6 +77,46 @@ def _git_commit() -> str:
 TARGET = {"recall@3": 10.37, "recall@20": 25.38, "mrr@3": 7.62, "mrr@20": 9.57, "seconds_per_epoch": 3.75}
 
 
+def validation_protocol():
+    """Conservative ties with padding excluded: what the official evaluation computes."""
+    from tfrec.evaluation import Protocol
+
+    return Protocol(ks=(3, 20), metrics=("recall", "mrr"), ties="conservative", exclude_padding=True, scale=100.0)
+
+
+def build_recipe_model(data, seed: int, model_opt=(), fit_opt=(), steps_per_execution: int = 1):
+    """The ``gru4rec`` registry recipe (the official bpr-max settings) as this benchmark
+    trains it: seeded, built and compiled. ``model_opt``/``fit_opt`` are ``"k=v"``
+    overrides. Returns ``(model, model_config, fit_config)``; also used by
+    ``gru4rec_speed_ratio.py``."""
+    import keras
+
+    from tfrec.cli import _parse_kv as kv  # "k=v" pairs, values parsed as JSON when possible
+    from tfrec.models import registry
+    from tfrec.training.runs import make_optimizer
+
+    spec = registry.get("gru4rec")
+    keras.utils.set_random_seed(seed)
+    mcfg = {**spec.model_config, "seed": seed, **kv(list(model_opt))}
+    fcfg = {**spec.fit_config, **kv(list(fit_opt))}
+    model = registry.build("gru4rec", data, **mcfg)
+    model.compile(optimizer=make_optimizer(fcfg), steps_per_execution=steps_per_execution)
+    return model, mcfg, fcfg
+
+
+def fit_recipe(model, data, epochs: int, callbacks=(), verbose=2):
+    """Trains as the recipe does: ``epochs`` epochs, validation (when ``data`` has a
+    validation split) under :func:`validation_protocol`, no best-epoch restore (the
+    official procedure tests the last model)."""
+    return model.fit(data, epochs=epochs, validation_protocol=validation_protocol(), restore_best=False,
+                     callbacks=list(callbacks), verbose=verbose)
+
+
+def without_validation(data):
+    """``data`` with an empty validation split: training only (timing runs)."""
+    return dataclasses.replace(data, valid=data.valid.subset(np.arange(0)))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="hcrnn:hcrnn_citeulike")
@@ -92,23 +134,16 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true", help="rewrite the results from the stored runs")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     from tfrec.data.specs import load_spec
-    from tfrec.evaluation import PROTOCOLS, Protocol, evaluate
-    from tfrec.models import registry
-    from tfrec.training.runs import EpochTimer, make_optimizer, seconds_per_epoch
-
-    from tfrec.cli import _parse_kv as kv  # "k=v" pairs, values parsed as JSON when possible
+    from tfrec.evaluation import PROTOCOLS, evaluate
+    from tfrec.training.runs import EpochTimer, seconds_per_epoch
 
     protocols = {
-        "conservative_no_padding": Protocol(ks=(3, 20), metrics=("recall", "mrr"), ties="conservative",
-                                            exclude_padding=True, scale=100.0),
+        "conservative_no_padding": validation_protocol(),
         "hcrnn": PROTOCOLS["hcrnn"],
         "hcrnn_conservative": PROTOCOLS["hcrnn_conservative"],
     }
     data = load_spec(args.data)
-    spec = registry.get("gru4rec")
     # runs of earlier invocations (other seeds) are kept; a seed run again is replaced
     from common import RESULTS
 
@@ -118,19 +153,12 @@ def main(argv=None):
         with open(old_path) as f:
             runs = json.load(f).get("runs", {})
     for seed in ([] if args.report_only else [int(s) for s in args.seeds.split(",")]):
-        keras.utils.set_random_seed(seed)
-        mcfg = {**spec.model_config, "seed": seed, **kv(args.model_opt)}
-        fcfg = {**spec.fit_config, **kv(args.fit_opt)}
-        model = registry.build("gru4rec", data, **mcfg)
-        model.compile(optimizer=make_optimizer(fcfg), steps_per_execution=args.steps_per_execution)
+        model, mcfg, fcfg = build_recipe_model(data, seed, args.model_opt, args.fit_opt, args.steps_per_execution)
         timer, cpu = EpochTimer(), CPUEpochTimer()
         t0 = time.time()
-        fit_data = data
-        if args.timing_only:
-            fit_data = dataclasses.replace(data, valid=data.valid.subset(np.arange(0)))
+        fit_data = without_validation(data) if args.timing_only else data
         load0 = os.getloadavg()
-        hist = model.fit(fit_data, epochs=args.epochs, validation_protocol=protocols["conservative_no_padding"],
-                         restore_best=False, callbacks=[timer, cpu], verbose=2)
+        hist = fit_recipe(model, fit_data, args.epochs, callbacks=[timer, cpu])
         res = {"epoch_seconds": timer.seconds, "seconds_per_epoch": seconds_per_epoch(timer.seconds),
                "epoch_cpu_seconds": cpu.seconds, "cpu_seconds_per_epoch": seconds_per_epoch(cpu.seconds),
                "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
