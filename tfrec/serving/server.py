@@ -424,8 +424,11 @@ class SignatureRunner:
         ctx = self._ctx
         device = ctx.device_name
         make = self._eager_tensor
-        # a copy, as tf.constant makes: the tensor must not alias the caller's array
-        args = [make(np.array(inputs[n], copy=True), device, e) for n, e in zip(self.names, self._enums)]
+        # A copy, as tf.constant makes: the tensor must not alias the caller's array. With
+        # no device the handle wraps that host copy as it is; a device name (tf.constant's
+        # way) would run one more eager op per input (``_EagerConst``) copying it again.
+        # The function call places its inputs where its graph wants them either way.
+        args = [make(np.array(inputs[n], copy=True), None, e) for n, e in zip(self.names, self._enums)]
         args += self._handles
         try:
             outs = self._execute(ctx._handle, device, self._op_name, args,  # noqa: SLF001
