@@ -511,6 +511,19 @@ def test_oov_policies(data, exports, tmp_path):
     # padding beyond `lengths` is never looked up, even under "error"
     strict.signatures["serving_default"](items=tf.constant([[b"1", b"junk"]]), lengths=tf.constant([1]),
                                          k=tf.constant([2]), exclude_seen=tf.constant([False]))
+    # the message lists exactly the unknown ids, in order, on every lookup path
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[nope nix\]") as err:
+        strict.signatures["serving_default"](items=tf.constant([[b"1", b"nope"], [b"nix", b"1"]]),
+                                             lengths=tf.constant([2, 2]), k=tf.constant([2, 2]),
+                                             exclude_seen=tf.constant([False, False]))
+    assert "unknown item id(s)" in str(err.value)
+    state = strict.signatures["initial_state"](sessions=tf.constant([b"a", b"b"]))
+    state = {k: v for k, v in state.items() if k.startswith("state_")}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\] \[gone\]"):
+        strict.signatures["step"](**state, item=tf.constant([b"1", b"gone"]), k=tf.constant([2, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"unknown candidate id\(s\).*\] \[zz\]"):
+        strict.signatures["score"](items=tf.constant([[b"1"]]), lengths=tf.constant([1]),
+                                   candidates=tf.constant([[b"1", b"zz"]]))
 
 
 def test_atomic_versions(data, tmp_path, monkeypatch):
