@@ -26,8 +26,12 @@ class Client:
     def __init__(self, target: str, model_name: str, timeout: float = 10.0,
                  max_message_bytes: int = 64 * 1024 * 1024):
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
+        from tfrec.serving.tensors import to_ndarray, to_proto
+
+        # bound once: a request then runs no import statements
+        self._request_type, self._to_proto, self._to_ndarray = predict_pb2.PredictRequest, to_proto, to_ndarray
         opts = [("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes)]
         self.channel = grpc.insecure_channel(target, options=opts)
@@ -52,11 +56,8 @@ class Client:
         anything else (lists, scalars) goes through ``tf.make_tensor_proto`` as before, so
         a Python ``[5]`` is still an int32 tensor. Outputs are decoded with
         :func:`~tfrec.serving.tensors.to_ndarray` (equal to ``tf.make_ndarray``)."""
-        from tensorflow_serving.apis import predict_pb2
-
-        from tfrec.serving.tensors import to_ndarray, to_proto
-
-        req = predict_pb2.PredictRequest()
+        to_proto, to_ndarray = self._to_proto, self._to_ndarray
+        req = self._request_type()
         self._spec(req.model_spec, signature, version)
         for k, v in inputs.items():
             if isinstance(v, np.ndarray):
@@ -65,7 +66,8 @@ class Client:
                 import tensorflow as tf
 
                 req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
-        req.output_filter.extend(output_filter)
+        if output_filter:
+            req.output_filter.extend(output_filter)
         resp = self.prediction.Predict(req, timeout=self.timeout)
         return {k: to_ndarray(v) for k, v in resp.outputs.items()}
 
