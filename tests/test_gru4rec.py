@@ -12,7 +12,7 @@ from tfrec.data.pipelines import Batcher, session_parallel_batches
 from tfrec.models.base import masked_sparse_ce
 from tfrec.models.narm import NARM
 from tfrec.models.gru4rec import (
-    AdagradM, GRU4Rec, GRU4RecCE, LSTM4Rec, num_session_steps_bound, session_step_dataset,
+    AdagradM, GRU4Rec, GRU4RecCE, LSTM4Rec, bpr_max_session_loss_t, num_session_steps_bound, session_step_dataset,
 )
 
 SEQS = SequenceSet.from_lists([[1, 2, 3, 4, 5], [6, 7], [2, 8, 9], [3, 3, 4, 1], [5, 9]])
@@ -151,6 +151,34 @@ def test_dense_scoring_equals_sparse_scoring(monkeypatch):
     np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
     for a, b in zip(w1, w0):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_transposed_dense_bpr_max_equals_the_shared_loss_and_its_gradient():
+    # the dense training step's transposed layout: same scores, loss and gradients
+    import tensorflow as tf
+
+    from tfrec import losses as L
+
+    rng = np.random.default_rng(3)
+    B, S = 5, 7
+    scores = tf.constant(rng.normal(size=(B, B + S)).astype("float32") * 3)
+    valid = tf.constant([True, False, True, True, False])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(scores)
+        ref = L.session_loss("bpr_max", scores, valid, S, 1.95)
+        got = bpr_max_session_loss_t(tf.transpose(scores), valid, S, 1.95)
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(got, scores).numpy(), tape.gradient(ref, scores).numpy(),
+                               rtol=1e-5, atol=1e-7)
+    # an invalid lane's target column is no negative of anyone: changing it changes nothing
+    bumped = scores.numpy()
+    bumped[:, 1] += 5.0
+    np.testing.assert_allclose(float(bpr_max_session_loss_t(bumped.T, valid, S, 1.95)), float(got), rtol=1e-6)
+    m = _model(n_sample=0, batch_size=3, elu_param=0.5)
+    out = tf.constant(rng.normal(size=(3, 6)).astype("float32"))
+    tg, smp = tf.constant([1, 4, 4]), tf.constant([2, 9, 1, 1])
+    np.testing.assert_allclose(m.sampled_scores_dense_t(out, tg, smp).numpy().T,
+                               m.sampled_scores(out, tg, smp).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_adagradm_dense_gradient_with_touched_rows_equals_sparse_gradient():
