@@ -27,7 +27,7 @@ random weights (latency does not depend on training), exported with
   step get is timed too (the same weights exported with ``step_mode="window"``).
 
     python benchmarks/serving.py [--items 10000] [--requests 300] [--server process|thread]
-                                 [--threads N] [--thread-spinning on|off]
+                                 [--threads N] [--thread-spinning on|off] [--step-block 25]
 
 Writes ``benchmarks/results/<--name>.json`` and ``.md`` (default ``serving``).
 """
