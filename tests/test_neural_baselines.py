@@ -146,3 +146,28 @@ def test_target_normalizer_is_a_base_option_for_every_sequence_model():
         assert cls.from_config(fixed.get_config()).target_normalizer == 4 * n
     with pytest.raises(ValueError, match="target_normalizer must be > 0 or None, got 0"):
         registry.get("stamp").cls(num_items=12, target_normalizer=0)
+
+
+def test_stamp_dropout_options_train_only_and_round_trip():
+    items = np.array([[1, 2, 3, 4, 0], [5, 6, 0, 0, 0]])
+    cls = registry.get("stamp").cls
+    plain = cls(num_items=12, embedding_dim=8, seed=3)
+    dropped = cls(num_items=12, embedding_dim=8, seed=3, input_dropout=0.25, decoder_dropout=0.5)
+    x = {"items": items}
+    plain.prefix_logits(x), dropped.prefix_logits(x)  # build both
+    assert len(dropped.weights) == len(plain.weights)  # the dropouts add no weights (old files load)
+    dropped.set_weights(plain.get_weights())
+    # inference ignores the dropouts
+    np.testing.assert_allclose(np.asarray(dropped.prefix_logits(x)), np.asarray(plain.prefix_logits(x)),
+                               rtol=1e-6, atol=1e-7)
+    # training mode drops: the scores differ from inference (and for the sequence pass too)
+    train = np.asarray(dropped.prefix_logits(x, training=True))
+    assert not np.allclose(train, np.asarray(dropped.prefix_logits(x)))
+    seq_model = cls(num_items=12, embedding_dim=8, seed=3, layout="sequence", decoder_dropout=0.5)
+    h = seq_model.encode_sequence(x)
+    assert not np.allclose(np.asarray(seq_model.decode(h, training=True)), np.asarray(seq_model.decode(h)))
+    cfg = dropped.get_config()
+    assert (cfg["input_dropout"], cfg["decoder_dropout"]) == (0.25, 0.5)
+    assert cls.from_config(cfg).decoder_dropout == 0.5
+    with pytest.raises(ValueError, match=r"decoder_dropout must be in \[0, 1\), got 1.0"):
+        cls(num_items=12, decoder_dropout=1.0)

@@ -29,7 +29,9 @@ class STAMP(SequentialRecommender):
 
     ``score_activation="sigmoid"`` follows the paper and the HCRNN authors' code
     (``sigmoid`` before the softmax); ``"linear"`` uses the raw trilinear scores.
-    The attention weights are not normalised (as in the paper). No dropout.
+    The attention weights are not normalised (as in the paper). No dropout by default
+    (as in the HCRNN authors' code); ``input_dropout``/``decoder_dropout`` add the
+    table's dropouts (on the item embeddings of the history and on ``h_s * h_t``).
 
     STAMP is causal: the scores after position ``t`` use items ``1..t`` only. So it
     also trains prefix-parallel (``layout="sequence"``, whole sequences with a target
@@ -44,6 +46,8 @@ class STAMP(SequentialRecommender):
         num_items: classes including padding 0.
         embedding_dim: item embedding size (100).
         score_activation: ``"sigmoid"`` or ``"linear"``.
+        input_dropout: dropout on the history's item embeddings (0: none).
+        decoder_dropout: dropout on ``h_s * h_t`` before the trilinear score (0: none).
         init: ``"table"`` (item embedding ``N(0, 0.1²)`` as the other table models,
             Glorot kernels) or ``"stamp"`` (STAMP's own code: embeddings
             ``N(0, 0.002²)``, kernels ``N(0, 0.05²)``).
@@ -64,8 +68,15 @@ class STAMP(SequentialRecommender):
     sequence_scoring_max_length = 200
 
     def __init__(self, num_items, embedding_dim: int = 100, score_activation: str = "sigmoid",
-                 init: str = "table", **kwargs):
+                 init: str = "table", input_dropout: float = 0.0, decoder_dropout: float = 0.0,
+                 **kwargs):
         super().__init__(num_items, **kwargs)
+        for name, rate in (("input_dropout", input_dropout), ("decoder_dropout", decoder_dropout)):
+            if not 0.0 <= float(rate) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+        self.input_dropout, self.decoder_dropout = float(input_dropout), float(decoder_dropout)
+        self.in_drop = layers.Dropout(self.input_dropout, seed=self.seed)
+        self.out_drop = layers.Dropout(self.decoder_dropout, seed=self.seed + 1)
         if score_activation not in ("sigmoid", "linear"):
             raise ValueError(f"score_activation must be 'sigmoid' or 'linear', got {score_activation!r}")
         if init not in ("table", "stamp"):
@@ -93,7 +104,7 @@ class STAMP(SequentialRecommender):
         items = inputs["items"]
         mask = ops.not_equal(items, 0)
         m = ops.expand_dims(ops.cast(mask, "float32"), -1)
-        x = self.item_embedding(items) * m
+        x = self.in_drop(self.item_embedding(items), training=training) * m
         n = ops.maximum(ops.sum(m, axis=1), 1.0)
         m_s = ops.sum(x, axis=1) / n
         x_t = gather_last(x, lengths_of(items))
@@ -107,7 +118,7 @@ class STAMP(SequentialRecommender):
         over items ``1..t`` with ``m_s`` the mean of those items and ``x_t`` itself."""
         items = inputs["items"]
         mask = ops.cast(ops.not_equal(items, 0), "float32")  # [B, T]
-        x = self.item_embedding(items) * ops.expand_dims(mask, -1)
+        x = self.in_drop(self.item_embedding(items), training=training) * ops.expand_dims(mask, -1)
         m_s = ops.cumsum(x, axis=1) / ops.expand_dims(ops.maximum(ops.cumsum(mask, axis=1), 1.0), -1)
         query = self.w2(x) + self.w3(m_s)  # [B, T, d], one per position t
         pre = ops.expand_dims(self.w1(x), 1) + ops.expand_dims(query, 2)  # [B, T(t), T(i), d]
@@ -119,6 +130,7 @@ class STAMP(SequentialRecommender):
         return self.mlp_s(m_a) * self.mlp_t(x)
 
     def decode(self, h, training=False):
+        h = self.out_drop(h, training=training)
         z = ops.matmul(h, ops.transpose(self.item_embedding.embeddings))
         if self.score_activation == "sigmoid":
             # "* 1.0": Keras' CE would otherwise find the pre-sigmoid tensor behind
@@ -128,5 +140,6 @@ class STAMP(SequentialRecommender):
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
-                "score_activation": self.score_activation, "init": self.init}
+                "score_activation": self.score_activation, "init": self.init,
+                "input_dropout": self.input_dropout, "decoder_dropout": self.decoder_dropout}
 
