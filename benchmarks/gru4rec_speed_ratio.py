@@ -192,14 +192,17 @@ def _run(args, official):
     if info.get("events") != events or info.get("n_items") != model.num_items - 1:
         raise SystemExit(f"error: the official driver trains on {info.get('events')} events / "
                          f"{info.get('n_items')} items; ours on {events} / {model.num_items - 1}")
-    log = {"official": [], "load_before_official": [], "load_before_ours": [], "load_after_ours": []}
+    log = {"official": [], "load_before_official": [], "load_before_ours": [], "load_after_ours": [],
+           "ours_cpu_during_official": []}
 
     class Alternate(keras.callbacks.Callback):
         """Runs one official epoch before each of ours (outside our epoch's timing)."""
 
         def on_epoch_begin(self, epoch, logs=None):
             log["load_before_official"].append(os.getloadavg()[0])
+            c0 = time.process_time()
             r = official.epoch()
+            log["ours_cpu_during_official"].append(time.process_time() - c0)  # should be ~0: we wait
             log["official"].append(r)
             log["load_before_ours"].append(os.getloadavg()[0])
             print(f"official epoch {r['epoch']}: {r['seconds']:.2f} s (cpu {r['cpu_seconds']:.2f})", flush=True)
@@ -235,6 +238,9 @@ def _run(args, official):
         "cpu_ratio_ours_over_official": med["ours_cpu"] / med["official_cpu"],
         "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
         "load_1min_per_epoch": {k: log[k] for k in ("load_before_official", "load_before_ours", "load_after_ours")},
+        # cross-checks that neither side burns CPU while the other trains
+        "ours_cpu_seconds_during_official_epochs": log["ours_cpu_during_official"],
+        "official_idle_cpu_seconds_during_our_epochs": [r.get("idle_cpu_seconds_before") for r in log["official"]][1:],
         "total_seconds": time.time() - t0, "official_info": info, "model_config": mcfg, "fit_config": fcfg,
         "model_opt": args.model_opt, "git_commit": _git_commit(), "command": command(), "note": args.note,
         "machine": machine(), "tf_threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -272,6 +278,10 @@ def _write(args, res):
         f"**Ratio ours/official (medians): {res['ratio_ours_over_official']:.3f}**; median of the per-epoch "
         f"ratios: {res['median_per_epoch_ratio']:.3f}; CPU-time ratio: {res['cpu_ratio_ours_over_official']:.3f}. "
         "Goal (issue #3): ratio <= 1.", "",
+        "CPU used by the waiting side (should be ~0; otherwise it competed with the measured one): ours "
+        f"while the official code trained {[round(x, 2) for x in res['ours_cpu_seconds_during_official_epochs']]} s; "
+        f"the official process while ours trained "
+        f"{[None if x is None else round(x, 2) for x in res['official_idle_cpu_seconds_during_our_epochs']]} s.", "",
         f"Load average (1/5/15 min) at the start {[round(x, 2) for x in res['load_average_at_start']]}, at the end "
         f"{[round(x, 2) for x in res['load_average_at_end']]}.", "",
         md_table(rows, ["epoch", "official s", "official cpu s", "ours s", "ours cpu s", "ours/official",
