@@ -92,7 +92,11 @@ def _commit() -> str:
 
 
 def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, patience: int,
-            model_opts: dict) -> dict:
+            model_opts: dict, state_dir=None, key=None) -> dict:
+    """Trains, selects the best-valid epoch and tests one run. With ``state_dir``
+    the run keeps a per-epoch backup (model + optimizer, Keras ``BackupAndRestore``),
+    its validation state and its per-epoch progress, so a run stopped by the
+    budget (or killed) continues where it stopped when the same command runs again."""
     import keras
 
     from tfrec.evaluation import evaluate
@@ -105,25 +109,57 @@ def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, pat
     model = HCRNN(num_items=data.num_items, **mcfg)
     model.compile(optimizer=make_optimizer(spec["fit"]))
     timer, budget = EpochTimer(), TimeBudget(budget_s)
+    callbacks, fit_kw = [timer, budget], {}
+    progress, progress_path = {"epochs": [], "train_wall_seconds": 0.0, "invocations": 0}, None
+    if state_dir:
+        rdir = os.path.join(state_dir, key.replace(":", "_").replace("/", "_"))
+        os.makedirs(rdir, exist_ok=True)
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(rdir, "backup"), delete_checkpoint=False))
+        fit_kw["validation_state"] = os.path.join(rdir, "validation")
+        progress_path = os.path.join(rdir, "progress.json")
+        if os.path.isfile(progress_path):
+            with open(progress_path) as f:
+                progress = json.load(f)
+            print(f"resuming after epoch {len(progress['epochs'])} from {rdir}", flush=True)
+    progress["invocations"] = progress.get("invocations", 0) + 1
     load0 = os.getloadavg()
-    t0 = time.time()
-    hist = model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
-                     patience=patience, callbacks=[timer, budget], verbose=2)
-    train_wall = time.time() - t0
+    t0 = [time.time()]
+
+    class Progress(keras.callbacks.Callback):
+        """Appends each finished epoch (loss, training seconds) to ``progress``,
+        written at once with a state directory."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress["epochs"].append({"loss": float((logs or {}).get("loss", float("nan"))),
+                                       "train_seconds": float(timer.seconds[-1])})
+            now = time.time()
+            progress["train_wall_seconds"] += now - t0[0]
+            t0[0] = now
+            if progress_path:
+                with open(progress_path + ".tmp", "w") as f:
+                    json.dump(progress, f)
+                os.replace(progress_path + ".tmp", progress_path)
+
+    callbacks.append(Progress())  # after the timer, which records the epoch's seconds first
+    model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
+              patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
+    train_wall = progress["train_wall_seconds"]
     tests = {f"test_{k}": evaluate(model, data.test, protocol=p) for k, p in protocols().items()}
     vhist = list(getattr(model, "validation_history", []))
-    epochs_run = len(hist.history.get("loss", []))
+    epochs_run = max(len(progress["epochs"]), len(vhist))
+    timer.seconds = [e["train_seconds"] for e in progress["epochs"]]
     return {
         "variant": variant, "seed": seed, "model_config": model.get_config(), "fit_config": spec["fit"],
         "best_epoch": model.best_epoch, "epochs_run": epochs_run, "capped": bool(budget.hit),
         "early_stopped": bool(not budget.hit and epochs_run < max_epochs),
         "max_epochs": max_epochs, "patience": patience,
         "valid": model.best_metrics, **tests,
-        "history": [{"epoch": i + 1, "loss": float(hist.history["loss"][i]),
+        "history": [{"epoch": i + 1, "loss": progress["epochs"][i]["loss"] if i < len(progress["epochs"]) else None,
                      **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
                     for i in range(epochs_run)],
         "epoch_seconds": timer.seconds, "seconds_per_epoch": seconds_per_epoch(timer.seconds),
-        "train_wall_seconds": train_wall, "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
+        "train_wall_seconds": train_wall, "invocations": progress["invocations"], "state_dir": state_dir,
+        "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
         "git_commit": _commit(), "finished_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
     }
 
@@ -251,6 +287,10 @@ def main(argv=None):
     ap.add_argument("--no-launch-after", default=None, metavar="HH:MM",
                     help="UTC time after which no new run starts (runs already started finish)")
     ap.add_argument("--note", action="append", default=[], help="a note stored in the results (repeatable)")
+    ap.add_argument("--state-dir", default=None,
+                    help="keep per-run backups and validation state here (outside snapshots, e.g. "
+                         "/work/moonshot_state); a capped or killed run resumes when the same command runs "
+                         "again; a finished (not capped) run is skipped")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -282,11 +322,19 @@ def main(argv=None):
                 if now > args.no_launch_after:
                     print(f"=== {variant}:{seed}: not started ({now} UTC > {args.no_launch_after}) ===", flush=True)
                     continue
-            print(f"=== {variant}:{seed} ===", flush=True)
-            res = run_one(variant, seed, data, args.budget_minutes * 60, args.max_epochs, args.patience, opts)
-            if opts:  # a modified recipe is its own row
-                res["variant"] = variant + "[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]"
-            res["key"], res["command"], res["model_opt"] = f"{res['variant']}:{seed}", command, opts
+            label = variant + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else "")
+            key = f"{label}:{seed}"  # a modified recipe is its own row
+            if args.state_dir and os.path.isfile(args.out):
+                with open(args.out) as f:
+                    prev = {r["key"]: r for r in json.load(f).get("runs", [])}
+                if key in prev and not prev[key].get("capped"):
+                    print(f"=== {key}: finished earlier (not capped), skipped ===", flush=True)
+                    continue
+            print(f"=== {key} ===", flush=True)
+            res = run_one(variant, seed, data, args.budget_minutes * 60, args.max_epochs, args.patience, opts,
+                          args.state_dir, key)
+            res["variant"] = label
+            res["key"], res["command"], res["model_opt"] = key, command, opts
             print(json.dumps({k: res[k] for k in ("key", "best_epoch", "epochs_run", "capped", "valid",
                                                   "test_hcrnn_conservative", "seconds_per_epoch")},
                              default=float), flush=True)
