@@ -206,8 +206,12 @@ def verdict(summary: dict) -> str:
         parts.append(f"{m.replace('recall', 'R').replace('mrr', 'M')} {ours:.2f} vs {goal[m]:.2f} "
                      f"({'beats' if ours > goal[m] else 'does NOT beat'} it, {ours - goal[m]:+.2f})")
     n = row["test_hcrnn_conservative"]["recall@20"]["n"]
+    capped = [sd for sd, c in zip(row["seeds"], row["capped"]) if c]
+    cap = (f" CAPPED by the wall-clock budget (not early-stopped, so not converged): seed(s) {capped}."
+           if capped else " Every run early-stopped (patience) or reached max epochs.")
     return (f"Selected on valid R@20: **{sel}** ({n} seed{'s' if n > 1 else ''}: {row['seeds']}). "
-            f"Test, conservative ties (padding ranked), against the official GRU4Rec: " + "; ".join(parts) + ".")
+            f"Test (mean over seeds), conservative ties (padding ranked), against the official GRU4Rec: "
+            + "; ".join(parts) + "." + cap)
 
 
 def write_markdown(payload: dict, path_md: str) -> None:
