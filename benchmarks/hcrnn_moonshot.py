@@ -43,7 +43,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import md_table  # noqa: E402
-from hcrnn_table3 import TimeBudget, locked_update  # noqa: E402
+from hcrnn_table3 import fit_resumable, locked_update  # noqa: E402
 
 NAME = "hcrnn_moonshot"
 METRICS = ("recall@3", "recall@20", "mrr@3", "mrr@20")
@@ -101,64 +101,27 @@ def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, pat
 
     from tfrec.evaluation import evaluate
     from tfrec.models.hcrnn import HCRNN
-    from tfrec.training.runs import EpochTimer, make_optimizer, seconds_per_epoch
+    from tfrec.training.runs import make_optimizer, seconds_per_epoch
 
     spec = VARIANTS[variant]
     keras.utils.set_random_seed(seed)
     mcfg = {**BASE, **spec["model"], **model_opts, "seed": seed}
     model = HCRNN(num_items=data.num_items, **mcfg)
     model.compile(optimizer=make_optimizer(spec["fit"]))
-    timer, budget = EpochTimer(), TimeBudget(budget_s)
-    callbacks, fit_kw = [timer, budget], {}
-    progress, progress_path = {"epochs": [], "train_wall_seconds": 0.0, "invocations": 0}, None
-    if state_dir:
-        rdir = os.path.join(state_dir, key.replace(":", "_").replace("/", "_"))
-        os.makedirs(rdir, exist_ok=True)
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(rdir, "backup"), delete_checkpoint=False))
-        fit_kw["validation_state"] = os.path.join(rdir, "validation")
-        progress_path = os.path.join(rdir, "progress.json")
-        if os.path.isfile(progress_path):
-            with open(progress_path) as f:
-                progress = json.load(f)
-            print(f"resuming after epoch {len(progress['epochs'])} from {rdir}", flush=True)
-    progress["invocations"] = progress.get("invocations", 0) + 1
+    run_dir = os.path.join(state_dir, key.replace(":", "_").replace("/", "_")) if state_dir else None
     load0 = os.getloadavg()
-    t0 = [time.time()]
-
-    class Progress(keras.callbacks.Callback):
-        """Appends each finished epoch (loss, training seconds) to ``progress``,
-        written at once with a state directory."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            progress["epochs"].append({"loss": float((logs or {}).get("loss", float("nan"))),
-                                       "train_seconds": float(timer.seconds[-1])})
-            now = time.time()
-            progress["train_wall_seconds"] += now - t0[0]
-            t0[0] = now
-            if progress_path:
-                with open(progress_path + ".tmp", "w") as f:
-                    json.dump(progress, f)
-                os.replace(progress_path + ".tmp", progress_path)
-
-    callbacks.append(Progress())  # after the timer, which records the epoch's seconds first
-    model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
-              patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
-    train_wall = progress["train_wall_seconds"]
+    fitted = fit_resumable(model, data, budget_s=budget_s, max_epochs=max_epochs, patience=patience, run_dir=run_dir)
     tests = {f"test_{k}": evaluate(model, data.test, protocol=p) for k, p in protocols().items()}
-    vhist = list(getattr(model, "validation_history", []))
-    epochs_run = max(len(progress["epochs"]), len(vhist))
-    timer.seconds = [e["train_seconds"] for e in progress["epochs"]]
+    epochs_run = fitted["epochs_run"]
     return {
         "variant": variant, "seed": seed, "model_config": model.get_config(), "fit_config": spec["fit"],
-        "best_epoch": model.best_epoch, "epochs_run": epochs_run, "capped": bool(budget.hit),
-        "early_stopped": bool(not budget.hit and epochs_run < max_epochs),
+        "best_epoch": model.best_epoch, "epochs_run": epochs_run, "capped": fitted["capped"],
+        "early_stopped": bool(not fitted["capped"] and epochs_run < max_epochs),
         "max_epochs": max_epochs, "patience": patience,
         "valid": model.best_metrics, **tests,
-        "history": [{"epoch": i + 1, "loss": progress["epochs"][i]["loss"] if i < len(progress["epochs"]) else None,
-                     **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
-                    for i in range(epochs_run)],
-        "epoch_seconds": timer.seconds, "seconds_per_epoch": seconds_per_epoch(timer.seconds),
-        "train_wall_seconds": train_wall, "invocations": progress["invocations"], "state_dir": state_dir,
+        "history": fitted["history"],
+        "epoch_seconds": fitted["epoch_seconds"], "seconds_per_epoch": seconds_per_epoch(fitted["epoch_seconds"]),
+        "train_wall_seconds": fitted["train_wall_seconds"], "invocations": fitted["invocations"], "state_dir": state_dir,
         "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
         "git_commit": _commit(), "finished_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
     }
@@ -267,14 +230,10 @@ def _fmt(st):
 
 
 def _kv(pairs):
-    out = {}
-    for p in pairs:
-        k, v = p.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``, as the CLI's ``--model-opt``."""
+    from tfrec.cli import _parse_kv
+
+    return _parse_kv(pairs)
 
 
 def main(argv=None):

@@ -75,6 +75,71 @@ class TimeBudget:
         return _Budget()
 
 
+def fit_resumable(model, data, *, budget_s: float, max_epochs: int, patience, run_dir=None) -> dict:
+    """``model.fit`` with full-ranking validation (hcrnn protocol, valid R@20) under a
+    wall-clock budget, keeping each epoch's logs and training seconds.
+
+    With ``run_dir``, the run keeps a backup of the model and optimizer after every
+    epoch (Keras ``BackupAndRestore``), its validation state (best epoch, best weights,
+    patience counter) and its progress (``progress.json``, written after every epoch),
+    so a run stopped by the budget, or killed, continues where it stopped when it is
+    started again with the same ``run_dir``: epochs, selection and timings accumulate
+    over the invocations.
+
+    Returns:
+        dict with ``history`` (per epoch: training logs, ``train_seconds`` and the
+        ``val_*`` metrics), ``epochs_run``, ``capped`` (the budget stopped it),
+        ``validated`` (validation ran), ``epoch_seconds``, ``train_wall_seconds`` and
+        ``invocations``.
+    """
+    import keras
+
+    from tfrec.training.runs import EpochTimer
+
+    timer, budget = EpochTimer(), TimeBudget(budget_s)
+    callbacks, fit_kw, progress_path = [timer, budget], {}, None
+    progress = {"epochs": [], "train_wall_seconds": 0.0, "invocations": 0}
+    if run_dir:
+        os.makedirs(run_dir, exist_ok=True)
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False))
+        fit_kw["validation_state"] = os.path.join(run_dir, "validation")
+        progress_path = os.path.join(run_dir, "progress.json")
+        if os.path.isfile(progress_path):
+            with open(progress_path) as f:
+                progress = json.load(f)
+            print(f"resuming after epoch {len(progress['epochs'])} from {run_dir}", flush=True)
+    progress["invocations"] = progress.get("invocations", 0) + 1
+    t0 = [time.time()]
+
+    class Progress(keras.callbacks.Callback):
+        """Appends each finished epoch (training logs, training seconds) to ``progress``
+        and, with a run directory, writes it at once, so a killed run keeps its timings."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress["epochs"].append({**{k: float(v) for k, v in (logs or {}).items() if not k.startswith("val_")},
+                                       "train_seconds": float(timer.seconds[-1])})
+            now = time.time()
+            progress["train_wall_seconds"] += now - t0[0]
+            t0[0] = now
+            if progress_path:
+                with open(progress_path + ".tmp", "w") as f:
+                    json.dump(progress, f)
+                os.replace(progress_path + ".tmp", progress_path)
+
+    callbacks.append(Progress())  # after the timer, which records the epoch's seconds first
+    model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
+              patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
+    vhist = list(getattr(model, "validation_history", []))
+    epochs = progress["epochs"]
+    epochs_run = max(len(vhist), len(epochs))
+    history = [{"epoch": i + 1, **(epochs[i] if i < len(epochs) else {}),
+                **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
+               for i in range(epochs_run)]
+    return {"history": history, "epochs_run": epochs_run, "capped": bool(budget.hit), "validated": bool(vhist),
+            "epoch_seconds": [e["train_seconds"] for e in epochs],
+            "train_wall_seconds": progress["train_wall_seconds"], "invocations": progress["invocations"]}
+
+
 def locked_update(path: str, fn) -> None:
     """Read-modify-write of a JSON file under an exclusive lock."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -102,7 +167,7 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
 
     from tfrec.evaluation import evaluate
     from tfrec.models.hcrnn import HCRNN
-    from tfrec.training.runs import EpochTimer, seconds_per_epoch
+    from tfrec.training.runs import seconds_per_epoch
 
     keras.utils.set_random_seed(run["seed"])
     kw = dict(variant=run["variant"], attention=run["attention"], seed=run["seed"], two_phase=two_phase)
@@ -110,56 +175,20 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
         kw.update(layout="sequence", batch_size=causal_batch, target_normalizer=causal_normalizer)
     model = HCRNN(num_items=data.num_items, **kw)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
-    timer, budget = EpochTimer(), TimeBudget(budget_s)
-    callbacks, fit_kw, progress, progress_path = [timer, budget], {}, {"epochs": [], "train_wall_seconds": 0.0}, None
-    if state_dir:
-        rdir = os.path.join(state_dir, f"{run['name']}_{run['form']}_{run['seed']}" + ("_two_phase" if two_phase else ""))
-        os.makedirs(rdir, exist_ok=True)
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(rdir, "backup"), delete_checkpoint=False))
-        fit_kw["validation_state"] = os.path.join(rdir, "validation")
-        progress_path = os.path.join(rdir, "progress.json")
-        if os.path.isfile(progress_path):
-            with open(progress_path) as f:
-                progress = json.load(f)
-            print(f"resuming after epoch {len(progress['epochs'])} from {rdir}", flush=True)
-    t0 = time.time()
-
-    class Progress(keras.callbacks.Callback):
-        """Appends each finished epoch (loss, training seconds) to ``progress`` and, with a
-        state directory, writes it at once, so a killed run keeps its timings too."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            nonlocal t0
-            progress["epochs"].append({**{k: float(v) for k, v in (logs or {}).items() if not k.startswith("val_")},
-                                       "train_seconds": float(timer.seconds[-1])})
-            now = time.time()
-            progress["train_wall_seconds"] += now - t0
-            t0 = now
-            if progress_path:
-                with open(progress_path + ".tmp", "w") as f:
-                    json.dump(progress, f)
-                os.replace(progress_path + ".tmp", progress_path)
-
-    callbacks.append(Progress())  # after the timer, which records the epoch's seconds first
-    model.fit(data, epochs=max_epochs, validation_protocol="hcrnn", monitor="recall@20",
-              patience=patience, callbacks=callbacks, verbose=2, **fit_kw)
+    run_dir = (os.path.join(state_dir, f"{run['name']}_{run['form']}_{run['seed']}" + ("_two_phase" if two_phase else ""))
+               if state_dir else None)
+    fitted = fit_resumable(model, data, budget_s=budget_s, max_epochs=max_epochs, patience=patience, run_dir=run_dir)
     test = evaluate(model, data.test, protocol="hcrnn")
     test_conservative = evaluate(model, data.test, protocol="hcrnn_conservative")
-    vhist = getattr(model, "validation_history", [])
-    epochs_run = max(len(vhist), len(progress["epochs"]))
-    history = [{"epoch": i + 1, **(progress["epochs"][i] if i < len(progress["epochs"]) else {}),
-                **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
-               for i in range(epochs_run)]
-    timer.seconds = [e["train_seconds"] for e in progress["epochs"]]
-    train_s = progress["train_wall_seconds"]
-    early = bool(vhist) and patience is not None and not budget.hit and epochs_run < max_epochs
+    epochs_run = fitted["epochs_run"]
+    early = fitted["validated"] and patience is not None and not fitted["capped"] and epochs_run < max_epochs
     return {
         **run, "model_config": model.get_config(), "best_epoch": model.best_epoch,
-        "epochs_run": epochs_run, "capped": bool(budget.hit), "early_stopped": early,
+        "epochs_run": epochs_run, "capped": fitted["capped"], "early_stopped": early,
         "invocations_state_dir": state_dir,
         "valid": model.best_metrics, "test": test, "test_conservative": test_conservative,
-        "seconds_per_epoch": seconds_per_epoch(timer.seconds), "epoch_seconds": timer.seconds,
-        "train_wall_seconds": train_s, "history": history,
+        "seconds_per_epoch": seconds_per_epoch(fitted["epoch_seconds"]), "epoch_seconds": fitted["epoch_seconds"],
+        "train_wall_seconds": fitted["train_wall_seconds"], "history": fitted["history"],
         "finished_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
     }
 
