@@ -24,6 +24,17 @@ def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
+def git_commit() -> str:
+    """The short commit of the checkout the benchmark runs from ('' outside git, e.g. a snapshot)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ""
+
+
 def write_results(name: str, payload: dict, markdown: str) -> None:
     """Writes ``results/<name>.json`` and ``results/<name>.md``."""
     os.makedirs(RESULTS, exist_ok=True)

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import command, machine, md_table, write_results  # noqa: E402
+from common import command, git_commit, machine, md_table, write_results  # noqa: E402
 
 NAME = "gru4rec_official_recipe"
 
@@ -62,16 +62,6 @@ class CPUEpochTimer:
                 self.seconds.append(getattr(self, "_t_end", time.process_time()) - self._t)
 
         return _CB()
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return ""
 
 
 TARGET = {"recall@3": 10.37, "recall@20": 25.38, "mrr@3": 7.62, "mrr@20": 9.57, "seconds_per_epoch": 3.75}
@@ -162,7 +152,7 @@ def main(argv=None):
         res = {"epoch_seconds": timer.seconds, "seconds_per_epoch": seconds_per_epoch(timer.seconds),
                "epoch_cpu_seconds": cpu.seconds, "cpu_seconds_per_epoch": seconds_per_epoch(cpu.seconds),
                "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
-               "git_commit": _git_commit(),
+               "git_commit": git_commit(),
                "fast_path": {k: model.get_config()[k] for k in ("session_chunk", "jit_step")},
                "dense_scoring": bool(model.dense_scoring),
                "loss": [float(v) for v in hist.history["loss"]],

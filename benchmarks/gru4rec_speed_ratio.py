@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import command, machine, md_table, write_results  # noqa: E402
+from common import command, git_commit, machine, md_table, write_results  # noqa: E402
 
 NAME = "gru4rec_speed_ratio"
 DEFAULT_PYTHON = "/work/scratch/torchvenv/bin/python"
@@ -89,11 +89,6 @@ PROFILE_NOTE = (
     "thread; ours 5.5 CPU s per epoch (1 thread) before the change. With 2 threads while other processes held "
     "the cores, the official epoch took 134 s wall / 74 CPU s (OpenMP threads spin-waiting for a busy core), "
     "so a ratio is only meaningful in a quiet window.")
-
-
-def _median_after_first(values):
-    v = list(values)[1:] or list(values)
-    return float(np.median(v)) if v else float("nan")
 
 
 def hcrnn_dir(spec: str) -> str:
@@ -180,10 +175,10 @@ def _run(args, official):
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from gru4rec_official_recipe import CPUEpochTimer, _git_commit, build_recipe_model, fit_recipe, without_validation
+    from gru4rec_official_recipe import CPUEpochTimer, build_recipe_model, fit_recipe, without_validation
 
     from tfrec.data.specs import load_spec
-    from tfrec.training.runs import EpochTimer
+    from tfrec.training.runs import EpochTimer, seconds_per_epoch
 
     data = load_spec(args.data)
     model, mcfg, fcfg = build_recipe_model(data, args.seed, args.model_opt)
@@ -223,8 +218,8 @@ def _run(args, official):
     ours_s, ours_cpu = list(timer.seconds), list(cpu.seconds)
     off_s = [r["seconds"] for r in log["official"]]
     off_cpu = [r["cpu_seconds"] for r in log["official"]]
-    med = {"ours": _median_after_first(ours_s), "official": _median_after_first(off_s),
-           "ours_cpu": _median_after_first(ours_cpu), "official_cpu": _median_after_first(off_cpu)}
+    med = {"ours": seconds_per_epoch(ours_s), "official": seconds_per_epoch(off_s),
+           "ours_cpu": seconds_per_epoch(ours_cpu), "official_cpu": seconds_per_epoch(off_cpu)}
     pair = [a / b for a, b in zip(ours_s, off_s)][1:]
     res = {
         "epochs": args.epochs, "seed": args.seed, "threads": args.threads, "cpus": args.cpus,
@@ -242,7 +237,7 @@ def _run(args, official):
         "ours_cpu_seconds_during_official_epochs": log["ours_cpu_during_official"],
         "official_idle_cpu_seconds_during_our_epochs": [r.get("idle_cpu_seconds_before") for r in log["official"]][1:],
         "total_seconds": time.time() - t0, "official_info": info, "model_config": mcfg, "fit_config": fcfg,
-        "model_opt": args.model_opt, "git_commit": _git_commit(), "command": command(), "note": args.note,
+        "model_opt": args.model_opt, "git_commit": git_commit(), "command": command(), "note": args.note,
         "machine": machine(), "tf_threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                                              "inter": tf.config.threading.get_inter_op_parallelism_threads()},
         "affinity": sorted(os.sched_getaffinity(0)),

@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -42,7 +41,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import md_table  # noqa: E402
+from common import git_commit, md_table  # noqa: E402
 from hcrnn_table3 import fit_resumable, locked_update  # noqa: E402
 
 NAME = "hcrnn_moonshot"
@@ -83,14 +82,6 @@ def protocols():
                                                 exclude_padding=True, scale=100.0)}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE).stdout.strip()
-    except OSError:
-        return ""
-
-
 def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, patience: int,
             model_opts: dict, state_dir=None, key=None) -> dict:
     """Trains, selects the best-valid epoch and tests one run. With ``state_dir``
@@ -123,7 +114,7 @@ def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, pat
         "epoch_seconds": fitted["epoch_seconds"], "seconds_per_epoch": seconds_per_epoch(fitted["epoch_seconds"]),
         "train_wall_seconds": fitted["train_wall_seconds"], "invocations": fitted["invocations"], "state_dir": state_dir,
         "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
-        "git_commit": _commit(), "finished_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "finished_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
     }
 
 
