@@ -193,18 +193,29 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
     }
 
 
+def is_two_phase(run: dict) -> bool:
+    return run["key"].endswith(":two_phase")
+
+
+def row_key(run: dict) -> str:
+    """``name`` (paper form), ``name (causal)``, and with the authors' two-phase update
+    ``name (two-phase)`` / ``name (causal, two-phase)``."""
+    tags = ([] if run["form"] == "paper" else ["causal"]) + (["two-phase"] if is_two_phase(run) else [])
+    return run["name"] + (f" ({', '.join(tags)})" if tags else "")
+
+
 def summarize(runs: list) -> dict:
-    """Rows keyed ``name`` (paper form) / ``name (causal)``: mean +- std over seeds."""
+    """Rows keyed by :func:`row_key`: mean +- std over seeds."""
     groups = {}
     for r in runs:
-        key = r["name"] + ("" if r["form"] == "paper" else " (causal)")
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(row_key(r), []).append(r)
     rows = {}
     for key, rs in sorted(groups.items()):
         test = {m: float(np.mean([r["test"][m] for r in rs])) for m in METRICS}
         std = {m: float(np.std([r["test"][m] for r in rs], ddof=1)) if len(rs) > 1 else None for m in METRICS}
         rows[key] = {
-            "model": rs[0]["name"], "form": rs[0]["form"], "seeds": [r["seed"] for r in rs],
+            "model": rs[0]["name"], "form": rs[0]["form"], "two_phase": is_two_phase(rs[0]),
+            "seeds": [r["seed"] for r in rs],
             "test": test, "test_std": std,
             "valid_recall@20": float(np.mean([r["valid"]["recall@20"] for r in rs])),
             "best_epochs": [r["best_epoch"] for r in rs], "epochs_run": [r["epochs_run"] for r in rs],
@@ -294,15 +305,14 @@ LABELS = {"hcrnn-1": "HCRNN-1", "hcrnn-2": "HCRNN-2", "hcrnn-3": "HCRNN-3", "hcr
 def merge_into_table(data: dict) -> None:
     """Writes only the HCRNN rows into citeulike_table3.json, in the row format of
     benchmarks/citeulike_table3.py (``rows[name] = {label, summary, paper, runs, ...}``).
-    Row names: ``hcrnn-3+bi`` (paper form) and ``hcrnn-3+bi (causal)``."""
+    Row names: :func:`row_key` (``hcrnn-3+bi`` is the paper form)."""
     def fn(payload):
         payload.setdefault("rows", {})
         for key, row in data["rows"].items():
             runs = {str(r["seed"]): {k: r.get(k) for k in ("best_epoch", "valid", "test", "test_conservative",
                                                           "seconds_per_epoch", "epoch_seconds", "epochs_run",
                                                           "capped")}
-                    for r in data["runs"] if (r["name"] + ("" if r["form"] == "paper" else " (causal)")) == key
-                    and not r["key"].endswith(":two_phase")}
+                    for r in data["runs"] if row_key(r) == key}
             summary = {"seeds": row["seeds"]}
             for block in ("test", "test_conservative", "valid"):
                 summary[block] = {}
@@ -312,7 +322,9 @@ def merge_into_table(data: dict) -> None:
                         summary[block][m] = {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
             summary["seconds_per_epoch"] = {"median": row["seconds_per_epoch"]}
             p = PAPER.get(row["model"])  # the paper's one number per variant, beside either form
-            label = LABELS[row["model"]] + ("" if row["form"] == "paper" else " (causal form)")
+            tags = ([] if row["form"] == "paper" else ["causal form"]) + (
+                ["two-phase update"] if row.get("two_phase") else [])
+            label = LABELS[row["model"]] + (f" ({', '.join(tags)})" if tags else "")
             notes = (f"{'paper form: prefix-augmented, one theta per prefix' if row['form'] == 'paper' else 'causal form: theta_t from the prefix up to t, prefix-parallel'}; "
                      f"epochs run {row['epochs_run']}, best {row['best_epochs']}"
                      + ("; CAPPED by the wall-clock budget (not converged)" if row["capped"] else ""))
@@ -397,7 +409,7 @@ def main(argv=None):
         def fn(d):
             runs = [r for r in d.get("runs", []) if r.get("key") != res["key"]] + [res]
             d["runs"] = runs
-            d["rows"] = summarize([r for r in runs if not r["key"].endswith(":two_phase")])
+            d["rows"] = summarize(runs)
             cmds = d.get("commands", [])
             if command not in cmds:
                 cmds.append(command)
