@@ -88,7 +88,8 @@ def fit_resumable(model, data, *, budget_s: float, max_epochs: int, patience, ru
 
     Returns:
         dict with ``history`` (per epoch: training logs, ``train_seconds`` and the
-        ``val_*`` metrics), ``epochs_run``, ``capped`` (the budget stopped it),
+        ``val_*`` metrics), ``epochs_run``, ``capped`` (the budget stopped it before
+        patience or ``max_epochs`` would have),
         ``validated`` (validation ran), ``epoch_seconds``, ``train_wall_seconds`` and
         ``invocations``.
     """
@@ -135,7 +136,12 @@ def fit_resumable(model, data, *, budget_s: float, max_epochs: int, patience, ru
     history = [{"epoch": i + 1, **(epochs[i] if i < len(epochs) else {}),
                 **{f"val_{k}": v for k, v in (vhist[i] if i < len(vhist) else {}).items() if k != "epoch"}}
                for i in range(epochs_run)]
-    return {"history": history, "epochs_run": epochs_run, "capped": bool(budget.hit), "validated": bool(vhist),
+    # the budget ran out, but only "capped" when neither patience nor max_epochs would
+    # have ended the run at that same epoch
+    best = getattr(model, "best_epoch", None)
+    patience_stop = bool(vhist) and patience is not None and best is not None and epochs_run - best >= patience
+    capped = bool(budget.hit) and epochs_run < max_epochs and not patience_stop
+    return {"history": history, "epochs_run": epochs_run, "capped": capped, "validated": bool(vhist),
             "epoch_seconds": [e["train_seconds"] for e in epochs],
             "train_wall_seconds": progress["train_wall_seconds"], "invocations": progress["invocations"]}
 
