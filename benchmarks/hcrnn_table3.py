@@ -256,16 +256,24 @@ def write_markdown(data: dict) -> None:
                      + " | ".join(cell(m) for m in METRICS)
                      + f" | {ptxt} | {ctxt} | {r['best_epochs']} / {r['epochs_run']} | {r['seconds_per_epoch']:.1f} | "
                      + ("yes" if r["capped"] else "no") + " |")
-    t = data.get("timing")
-    if t:
-        lines += ["", "## Seconds per epoch, paper form vs causal form, measured in one process", "",
-                  f"    {t.get('command', '')}", "",
-                  f"HCRNN-3+Bi, one training epoch (all 34,810 training targets, no validation), interleaved "
-                  f"causal/paper/causal: paper form {t['paper_seconds_per_epoch']:.1f} s "
-                  f"(runs {', '.join(f'{v:.1f}' for v in t['paper'])}), causal form "
-                  f"{t['causal_seconds_per_epoch']:.1f} s (runs {', '.join(f'{v:.1f}' for v in t['causal'])}; "
-                  f"{t['causal_batch_sequences']} sequences per batch); 1-minute load average during the "
-                  f"epochs: {', '.join(f'{v:.1f}' for v in t['loadavg'])} on 2 cores."]
+    for t in (data.get("timing"), data.get("timing_two_phase")):
+        if not t:
+            continue
+        both = " (one-phase and two-phase update)" if t.get("two_phase") else ""
+        lines += ["", f"## Seconds per epoch, paper form vs causal form{both}, measured in one process", "",
+                  f"    {t.get('command', '')}", ""]
+        for suffix in ("", "_two_phase") if t.get("two_phase") else ("",):
+            if f"paper{suffix}" not in t:
+                continue
+            lines += [f"HCRNN-3+Bi{' with the two-phase update' if suffix else ''}, one training epoch (all 34,810 "
+                      f"training targets, no validation), interleaved causal/paper/causal: paper form "
+                      f"{t[f'paper{suffix}_seconds_per_epoch']:.1f} s "
+                      f"(runs {', '.join(f'{v:.1f}' for v in t[f'paper{suffix}'])}), causal form "
+                      f"{t[f'causal{suffix}_seconds_per_epoch']:.1f} s "
+                      f"(runs {', '.join(f'{v:.1f}' for v in t[f'causal{suffix}'])}; "
+                      f"{t['causal_batch_sequences']} sequences per batch).", ""]
+        lines += [f"1-minute load average during the epochs: {', '.join(f'{v:.1f}' for v in t['loadavg'])} "
+                  "on 2 cores."]
     notes = data.get("notes", "")
     if isinstance(notes, list):
         notes = "\n".join(notes)
@@ -274,34 +282,41 @@ def write_markdown(data: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def timing(data, causal_batch: int, rounds: int = 1) -> dict:
+def timing(data, causal_batch: int, rounds: int = 1, two_phase: bool = False) -> dict:
     """Seconds per training epoch (all training targets once, no validation) of the
     paper form and the causal form of HCRNN-3+Bi, measured in one process,
-    interleaved (causal, paper, causal, ...) so both see the same machine load."""
+    interleaved (causal, paper, causal, ...) so both see the same machine load.
+    With ``two_phase`` the same is then measured with the authors' two-phase update
+    (keys ``paper_two_phase``, ``causal_two_phase``), still in the same process."""
     import keras
 
     from tfrec.models.hcrnn import HCRNN
 
+    configs = [("paper", False), ("causal", False)] + ([("paper", True), ("causal", True)] if two_phase else [])
     models = {}
-    for form in ("paper", "causal"):
+    for form, tp in configs:
         keras.utils.set_random_seed(10)
         kw = dict(layout="sequence", batch_size=causal_batch) if form == "causal" else {}
-        m = HCRNN(num_items=data.num_items, variant=3, attention="bi", seed=10, **kw)
+        m = HCRNN(num_items=data.num_items, variant=3, attention="bi", seed=10, two_phase=tp, **kw)
         m.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
         m.fit(m.make_dataset(data.train).take(2), epochs=1, verbose=0)  # trace
-        models[form] = (m, m.make_dataset(data.train))
-    out = {"paper": [], "causal": [], "loadavg": []}
-    order = ["causal"] + ["paper", "causal"] * rounds
-    for form in order:
-        m, ds = models[form]
+        models[form + ("_two_phase" if tp else "")] = (m, m.make_dataset(data.train))
+    out = {name: [] for name in models}
+    out["loadavg"] = []
+    order = []
+    for suffix in ("", "_two_phase") if two_phase else ("",):
+        order += ["causal" + suffix] + ["paper" + suffix, "causal" + suffix] * rounds
+    for name in order:
+        m, ds = models[name]
         t = time.perf_counter()
         m.fit(ds, epochs=1, verbose=0)
-        out[form].append(time.perf_counter() - t)
+        out[name].append(time.perf_counter() - t)
         out["loadavg"].append(os.getloadavg()[0])
-        print(f"timing {form}: {out[form][-1]:.1f}s (load {out['loadavg'][-1]:.1f})", flush=True)
-    out["paper_seconds_per_epoch"] = float(np.median(out["paper"]))
-    out["causal_seconds_per_epoch"] = float(np.median(out["causal"]))
+        print(f"timing {name}: {out[name][-1]:.1f}s (load {out['loadavg'][-1]:.1f})", flush=True)
+    for name in models:
+        out[f"{name}_seconds_per_epoch"] = float(np.median(out[name]))
     out["causal_batch_sequences"] = causal_batch
+    out["two_phase"] = bool(two_phase)
     return out
 
 
@@ -372,11 +387,11 @@ def main(argv=None):
     if args.timing:
         from tfrec.data.specs import load_spec
 
-        res = timing(load_spec(args.data), args.causal_batch)
+        res = timing(load_spec(args.data), args.causal_batch, two_phase=args.two_phase)
         res["command"] = "python benchmarks/hcrnn_table3.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
         def fn(d):
-            d["timing"] = res
+            d["timing_two_phase" if args.two_phase else "timing"] = res
             return d
 
         locked_update(OUT_JSON, fn)
