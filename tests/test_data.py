@@ -234,3 +234,24 @@ def test_gambler_simulator_rules():
         assert np.array_equal(np.diff(items), vals[:-1])  # the outcome decides the next bet
     assert ds.item_features["parity"][1:].sum(1).tolist() == [1.0] * 101
     assert ds.summary()["train"]["length_max"] <= 20
+
+
+def test_training_pipelines_do_not_autotune():
+    """tf.data autotuning stays off in every generator pipeline: with it on, destroying
+    an epoch's iterator blocked on the autotune thread (idle stalls of tens of seconds
+    per epoch in TF 2.21)."""
+    from tfrec.data.pipelines import generator_options, to_tf_dataset
+    from tfrec.models.gru4rec import GRU4RecCE, session_step_dataset
+
+    assert generator_options().autotune.enabled is False
+    s = SequenceSet.from_lists([[1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    datasets = {
+        "to_tf_dataset": to_tf_dataset(lambda e: prefix_batches(s, 2), next(prefix_batches(s, 2))),
+        "sequence layout": GRU4RecCE(num_items=10, embedding_dim=4, units=4, layout="sequence",
+                                     batch_size=2).make_dataset(s),
+        "prefix layout": GRU4RecCE(num_items=10, embedding_dim=4, units=4, batch_size=2).make_dataset(s),
+        "session-parallel": session_step_dataset(s, 2),
+    }
+    for name, ds in datasets.items():
+        assert ds.options().autotune.enabled is False, name
+        assert sum(1 for _ in ds) > 0, name

@@ -33,7 +33,7 @@ import numpy as np
 from keras import layers, ops
 
 from tfrec import losses as L
-from tfrec.data.pipelines import session_parallel_batches
+from tfrec.data.pipelines import generator_options, session_parallel_batches
 from tfrec.data.schema import SequenceDataset, SequenceSet
 from tfrec.layers.embeddings import table_item_embedding
 from tfrec.layers.state import lane_state, lane_states
@@ -356,7 +356,8 @@ def session_step_dataset(seqs: SequenceSet, batch_size: int, seed: int = 0, shuf
     sig = {"items": tf.TensorSpec(shape, tf.int32), "targets": tf.TensorSpec(shape, tf.int32),
            "reset": tf.TensorSpec(shape, tf.int8), "valid": tf.TensorSpec(shape, tf.int8)}
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    return ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(max(2, 64 // chunk))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(max(2, 64 // chunk))
+    return ds.with_options(generator_options())
 
 
 @register("gru4rec",

@@ -28,6 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrec.data.pipelines import generator_options
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -113,7 +115,7 @@ def distribute_batches(strategy, make_batches: Callable[[int], Iterator], exampl
                     yield _slice_rows(batch, ctx.input_pipeline_id * per_pipeline + r, n_rep)
 
         ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
-        opts = tf.data.Options()
+        opts = generator_options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(opts).prefetch(2)
 
