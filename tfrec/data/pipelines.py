@@ -282,10 +282,11 @@ def generator_options():
     """``tf.data.Options`` for tfrec's generator pipelines: tf.data autotuning off.
 
     The pipelines have nothing to tune (one Python generator and a fixed prefetch).
-    With autotuning on, destroying an iterator (Keras opens one per epoch) waits
-    until tf.data's autotune thread wakes from its sleep: in TF 2.21 an idle stall of
-    up to tens of seconds per epoch (``RootDataset::Iterator::~Iterator`` blocked on
-    the ``Model::OptimizeLoop`` thread), which made HCRNN epochs 30-50% idle.
+    With autotuning on, destroying an iterator (Keras opens one per epoch) may wait
+    until tf.data's autotune thread wakes from its sleep (TF 2.21:
+    ``RootDataset::Iterator::~Iterator`` blocked on the ``Model::OptimizeLoop``
+    thread): idle stalls of 2-36 s at the end of a ``fit`` on CiteULike, and idle
+    stretches of up to 56 s in a running HCRNN training.
     """
     import tensorflow as tf
 
