@@ -334,21 +334,22 @@ def merge_into_table(data: dict) -> None:
                                                           "seconds_per_epoch", "epoch_seconds", "epochs_run",
                                                           "capped")}
                     for r in data["runs"] if row_key(r) == key}
-            summary = {"seeds": row["seeds"]}
-            for block in ("test", "test_conservative", "valid"):
-                summary[block] = {}
-                for m in METRICS:
-                    v = [rr[block][m] for rr in runs.values() if m in (rr.get(block) or {})]
-                    if v:
-                        summary[block][m] = {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-            summary["seconds_per_epoch"] = {"median": row["seconds_per_epoch"]}
+            # the table's own summary: capped runs are listed as partial, not averaged in
+            from citeulike_table3 import summarize as table_summary
+
+            for rr in runs.values():
+                rr["stopped_at_deadline"] = bool(rr.get("capped"))
+            summary = table_summary(runs)
             p = PAPER.get(row["model"])  # the paper's one number per variant, beside either form
             tags = ([] if row["form"] == "paper" else ["causal form"]) + (
                 ["two-phase update"] if row.get("two_phase") else [])
             label = LABELS[row["model"]] + (f" ({', '.join(tags)})" if tags else "")
             notes = (f"{'paper form: prefix-augmented, one theta per prefix' if row['form'] == 'paper' else 'causal form: theta_t from the prefix up to t, prefix-parallel'}; "
                      f"epochs run {row['epochs_run']}, best {row['best_epochs']}"
-                     + ("; CAPPED by the wall-clock budget (not converged)" if row["capped"] else ""))
+                     + (f"; CAPPED by the wall-clock budget (not converged), not averaged in: seed(s) "
+                        f"{summary['partial_seeds']}" if summary["partial_seeds"] else "")
+                     + ("; every run CAPPED by the wall-clock budget (not converged)"
+                        if row["capped"] and not summary["partial_seeds"] else ""))
             payload["rows"][key] = {"label": label, "summary": summary,
                                     "paper": [p[m] for m in METRICS] if p else None, "runs": runs,
                                     "command": "; ".join(data.get("commands", [])),
