@@ -327,6 +327,8 @@ def merge_into_table(data: dict) -> None:
     """Writes only the HCRNN rows into citeulike_table3.json, in the row format of
     benchmarks/citeulike_table3.py (``rows[name] = {label, summary, paper, runs, ...}``).
     Row names: :func:`row_key` (``hcrnn-3+bi`` is the paper form)."""
+    from citeulike_table3 import summarize as table_summary
+
     def fn(payload):
         payload.setdefault("rows", {})
         for key, row in data["rows"].items():
@@ -335,8 +337,6 @@ def merge_into_table(data: dict) -> None:
                                                           "capped")}
                     for r in data["runs"] if row_key(r) == key}
             # the table's own summary: capped runs are listed as partial, not averaged in
-            from citeulike_table3 import summarize as table_summary
-
             for rr in runs.values():
                 rr["stopped_at_deadline"] = bool(rr.get("capped"))
             summary = table_summary(runs)
