@@ -42,7 +42,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import git_commit, md_table  # noqa: E402
-from hcrnn_table3 import fit_resumable, locked_update  # noqa: E402
+from hcrnn_table3 import finished_earlier, fit_resumable, locked_update  # noqa: E402
 
 NAME = "hcrnn_moonshot"
 METRICS = ("recall@3", "recall@20", "mrr@3", "mrr@20")
@@ -107,7 +107,7 @@ def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, pat
     return {
         "variant": variant, "seed": seed, "model_config": model.get_config(), "fit_config": spec["fit"],
         "best_epoch": model.best_epoch, "epochs_run": epochs_run, "capped": fitted["capped"],
-        "early_stopped": bool(not fitted["capped"] and epochs_run < max_epochs),
+        "early_stopped": fitted["early_stopped"],
         "max_epochs": max_epochs, "patience": patience,
         "valid": model.best_metrics, **tests,
         "history": fitted["history"],
@@ -278,12 +278,9 @@ def main(argv=None):
                     continue
             label = variant + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else "")
             key = f"{label}:{seed}"  # a modified recipe is its own row
-            if args.state_dir and os.path.isfile(args.out):
-                with open(args.out) as f:
-                    prev = {r["key"]: r for r in json.load(f).get("runs", [])}
-                if key in prev and not prev[key].get("capped"):
-                    print(f"=== {key}: finished earlier (not capped), skipped ===", flush=True)
-                    continue
+            if args.state_dir and finished_earlier(args.out, key):
+                print(f"=== {key}: finished earlier (not capped), skipped ===", flush=True)
+                continue
             print(f"=== {key} ===", flush=True)
             res = run_one(variant, seed, data, args.budget_minutes * 60, args.max_epochs, args.patience, opts,
                           args.state_dir, key)

@@ -89,7 +89,7 @@ def fit_resumable(model, data, *, budget_s: float, max_epochs: int, patience, ru
     Returns:
         dict with ``history`` (per epoch: training logs, ``train_seconds`` and the
         ``val_*`` metrics), ``epochs_run``, ``capped`` (the budget stopped it before
-        patience or ``max_epochs`` would have),
+        patience or ``max_epochs`` would have), ``early_stopped`` (patience ended it),
         ``validated`` (validation ran), ``epoch_seconds``, ``train_wall_seconds`` and
         ``invocations``.
     """
@@ -141,9 +141,21 @@ def fit_resumable(model, data, *, budget_s: float, max_epochs: int, patience, ru
     best = getattr(model, "best_epoch", None)
     patience_stop = bool(vhist) and patience is not None and best is not None and epochs_run - best >= patience
     capped = bool(budget.hit) and epochs_run < max_epochs and not patience_stop
-    return {"history": history, "epochs_run": epochs_run, "capped": capped, "validated": bool(vhist),
+    early = bool(vhist) and patience is not None and not capped and epochs_run < max_epochs
+    return {"history": history, "epochs_run": epochs_run, "capped": capped, "early_stopped": early,
+            "validated": bool(vhist),
             "epoch_seconds": [e["train_seconds"] for e in epochs],
             "train_wall_seconds": progress["train_wall_seconds"], "invocations": progress["invocations"]}
+
+
+def finished_earlier(path: str, key: str) -> bool:
+    """True when the results JSON ``path`` holds run ``key`` and it was not capped
+    (a resumed command skips it)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        runs = {r["key"]: r for r in json.load(f).get("runs", [])}
+    return key in runs and not runs[key].get("capped")
 
 
 def locked_update(path: str, fn) -> None:
@@ -187,10 +199,9 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
     test = evaluate(model, data.test, protocol="hcrnn")
     test_conservative = evaluate(model, data.test, protocol="hcrnn_conservative")
     epochs_run = fitted["epochs_run"]
-    early = fitted["validated"] and patience is not None and not fitted["capped"] and epochs_run < max_epochs
     return {
         **run, "model_config": model.get_config(), "best_epoch": model.best_epoch,
-        "epochs_run": epochs_run, "capped": fitted["capped"], "early_stopped": early,
+        "epochs_run": epochs_run, "capped": fitted["capped"], "early_stopped": fitted["early_stopped"],
         "invocations_state_dir": state_dir,
         "valid": model.best_metrics, "test": test, "test_conservative": test_conservative,
         "seconds_per_epoch": seconds_per_epoch(fitted["epoch_seconds"]), "epoch_seconds": fitted["epoch_seconds"],
@@ -411,14 +422,10 @@ def main(argv=None):
 
     data = load_spec(args.data)
     command = "python benchmarks/hcrnn_table3.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    done = {}
-    if os.path.isfile(OUT_JSON):
-        with open(OUT_JSON) as f:
-            done = {r["key"]: r for r in json.load(f).get("runs", [])}
     for spec in args.runs:
         run = parse_run(spec)
         key = f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if args.two_phase else "")
-        if args.state_dir and key in done and not done[key].get("capped"):
+        if args.state_dir and finished_earlier(OUT_JSON, key):
             print(f"=== {spec}: finished earlier (not capped), skipped ===", flush=True)
             continue
         print(f"=== {spec} ===", flush=True)
