@@ -10,6 +10,7 @@ executes with ``colab/run_notebooks.py``; ``TFREC_SMALL=0`` runs the full settin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import textwrap
 
@@ -228,8 +229,11 @@ def nb_quickstart():
             print("history:", history)
             with Client(f"127.0.0.1:{server.port}", MODEL) as client:
                 print("status:", client.status())
-                # the model reads the time gaps, so the event timestamps travel with the request
-                recs = client.recommend([history], k=3, timestamps=[times])[0]
+                # HRNN reads the time gaps, so the event timestamps travel with the request, and
+                # the time of the request itself: the gap since the last event decides whether
+                # the next item continues that session (here: one hour later, a new session)
+                asked_at = times[-1] + 3600.0
+                recs = client.recommend([history], k=3, timestamps=[times], query_times=[asked_at])[0]
                 print("top-3 (gRPC):", recs)
         '''),
         code('''
@@ -237,7 +241,8 @@ def nb_quickstart():
 
             body = {"signature_name": "serving_default",
                     "inputs": {"items": [history], "lengths": [len(history)], "k": [3],
-                               "exclude_seen": [False], "timestamps": [times]}}
+                               "exclude_seen": [False], "timestamps": [times],
+                               "query_timestamp": [asked_at]}}
             req = urllib.request.Request(f"http://127.0.0.1:{server.rest_api_port}/v1/models/{MODEL}:predict",
                                          data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
             print("REST:", json.loads(urllib.request.urlopen(req, timeout=30).read()))
@@ -926,6 +931,8 @@ NOTEBOOKS = {
 
 def build(name: str) -> nbformat.NotebookNode:
     nb = new_notebook(cells=NOTEBOOKS[name]())
+    for i, cell in enumerate(nb.cells):  # stable ids: rebuilding an unchanged notebook changes nothing
+        cell.id = hashlib.sha1(f"{name}:{i}:{cell.source}".encode()).hexdigest()[:8]
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},

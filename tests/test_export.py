@@ -170,6 +170,8 @@ def history_batch(data, features, n=12, seed=0):
         u = rng.integers(0, data.num_users, B).astype(np.int32)
         x["user"] = u
         sig["user_id"] = np.array([(data.user_vocab.ids([j])[0] if j else "nobody").encode() for j in u], object)
+    if "next_deltas" in features:  # the request time is unknown: the last session continues
+        sig["query_timestamp"] = np.full(B, np.nan)
     return x, sig
 
 
@@ -239,6 +241,48 @@ def test_export_scores_equal_model_scores(name, exports):
     idx = np.array([[data.item_vocab.lookup([i.decode()])[0] for i in row] for row in ids])
     np.testing.assert_allclose(np.take_along_axis(want, idx, 1), top, rtol=1e-4, atol=1e-5)
     assert not (FORBIDDEN_OPS & graph_ops(path)), f"{name}: Python ops in the graph"
+
+
+@pytest.mark.parametrize("name", ["hrnn", "hrnn_meta", "hnvm"])
+def test_query_timestamp_is_the_models_query_gap(name, exports):
+    """Models whose scores depend on the time from the last event to the request get it
+    as ``query_timestamp``: the exported scores equal the model's with that gap as the
+    last entry of its own ``next_deltas`` input."""
+    model, path, data = exports(name)
+    assert "next_deltas" in model.input_features
+    x, sig = history_batch(data, model.input_features)
+    B, T = x["items"].shape
+    lengths = sig["lengths"]
+    last_t = sig["timestamps"][np.arange(B), lengths - 1]
+    gaps = np.where(np.arange(B) % 2 == 0, 10 * 86400.0, 60.0)  # a new session / the same one
+    nd = np.zeros((B, T), np.float32)  # gap from each event to the next; the last: the query gap
+    nd[:, :-1] = x["deltas"][:, 1:]
+    nd[np.arange(B), lengths - 1] = gaps
+    nd[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    want = np.asarray(model.score_prefix_batch({**x, "next_deltas": nd}), np.float32)
+    at_gap_0 = np.asarray(model.score_prefix_batch(x), np.float32)
+    assert np.abs(want - at_gap_0)[::2].max() > 1e-3  # the gap changes the scores
+
+    m = tf.saved_model.load(path)
+    tokens = np.array([t.encode() for t in data.item_vocab.tokens], object)
+    inputs = {k: tf.constant(v) for k, v in dict(sig, query_timestamp=last_t + gaps).items()}
+    got = m.signatures["score"](candidates=tf.constant(np.tile(tokens[None, :], (B, 1))), **inputs)
+    np.testing.assert_allclose(got["scores"].numpy(), want[:, 1:], rtol=1e-4, atol=1e-5)
+    rec = m.signatures["serving_default"](k=tf.fill([B], 5), exclude_seen=tf.zeros([B], tf.bool), **inputs)
+    np.testing.assert_allclose(rec["scores"].numpy(), np.sort(want[:, 1:], 1)[:, ::-1][:, :5], rtol=1e-4,
+                               atol=1e-5)
+    rows = [sig["items"][i, : lengths[i]] for i in range(B)]
+    rag = m.signatures["recommend_ragged"](
+        item_values=tf.constant(np.concatenate(rows)), row_lengths=tf.constant(lengths),
+        timestamp_values=tf.constant(np.concatenate([sig["timestamps"][i, : lengths[i]] for i in range(B)])),
+        k=tf.fill([B], 5), exclude_seen=tf.zeros([B], tf.bool),
+        **{k: inputs[k] for k in ("user_id", "query_timestamp") if k in inputs},
+        **({"value_values": tf.constant(np.concatenate([sig["values"][i, : lengths[i]] for i in range(B)]))}
+           if "values" in sig else {}))
+    np.testing.assert_allclose(rag["scores"].numpy(), rec["scores"].numpy(), rtol=1e-5, atol=1e-6)
+    early = dict(inputs, query_timestamp=tf.constant(last_t - 1.0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="query_timestamp must not precede the last"):
+        m.signatures["serving_default"](k=tf.fill([B], 5), exclude_seen=tf.zeros([B], tf.bool), **early)
 
 
 @pytest.mark.parametrize("name", ["hrnn", "gru4rec"])

@@ -466,6 +466,29 @@ def test_quickstart_export_and_serve(models, data, tmp_path, capsys):
     assert "served over gRPC" in capsys.readouterr().out
 
 
+def test_quickstart_sends_the_query_time_to_query_gap_models(data, tmp_path):
+    """HRNN's scores depend on the gap from the last event to the request: the
+    quickstart asks at the time of the held-out event, through Client's
+    ``query_times``, and gets the model's own top items at that gap."""
+    import keras
+
+    from tfrec.models import registry
+    from tfrec.savedmodels import quickstart_export_and_serve
+
+    keras.utils.set_random_seed(0)
+    model = registry.build("hrnn", data, **registry.get("hrnn").test_config)
+    res = quickstart_export_and_serve(model, data, str(tmp_path), k=5)
+    seqs = data.test
+    a, n = int(seqs.offsets[0]), len(seqs.sequence(0)) - 1
+    t = seqs.times[a : a + n + 1]
+    x = {"items": seqs.sequence(0)[None, :n].astype(np.int32),
+         "next_deltas": np.diff(t)[None, :].astype(np.float32)}
+    scores = model.score_prefix_batch(x)[0, 1:]
+    want = data.item_vocab.ids(np.argsort(-scores, kind="stable")[:5] + 1)
+    assert [i for i, _ in res["recommendations"]] == want
+    np.testing.assert_allclose([s for _, s in res["recommendations"]], np.sort(scores)[::-1][:5], rtol=1e-4)
+
+
 def test_tensor_proto_conversion_matches_tensorflow():
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 

@@ -256,7 +256,12 @@ class SequentialRecommender(keras.Model, Recommender):
 
     # ------------------------------------------------------------- scoring
     def _as_inputs(self, x):
-        return {k: ops.convert_to_tensor(v) for k, v in x.items() if k in self.input_features}
+        keep = set(self.input_features)
+        if "next_deltas" in keep:
+            # query-gap models also take the gap from the last event to the query as
+            # ``query_deltas`` [B] (seconds), for callers that only have timestamps
+            keep.add("query_deltas")
+        return {k: ops.convert_to_tensor(v) for k, v in x.items() if k in keep}
 
     def score_prefix_batch(self, x):
         return ops.convert_to_numpy(self._predict_prefix(self._as_inputs(x)))

@@ -107,8 +107,9 @@ class HNVM(SequentialRecommender):
         use_query_gap: next-item scoring reads ``next_deltas`` (the time from the
             last history event to the request, known when the request is served) to
             decide whether the next item continues the last session or opens a new
-            one; without it (or when a caller gives no ``next_deltas``, e.g. the
-            SavedModel export) the next item continues the last session.
+            one. A caller with timestamps only gives ``query_deltas`` ``[B]`` instead
+            (the SavedModel export computes it from its ``query_timestamp`` input);
+            with neither, the next item continues the last session.
 
     Example:
 
@@ -397,8 +398,9 @@ class HNVM(SequentialRecommender):
     def _history_scores(self, inputs, new_session: bool, training=False):
         """Scores of the next item after right-padded histories: ``new_session``
         decodes the first item of a new session; otherwise the query gap
-        (``next_deltas`` at the last history event, with ``use_query_gap``) decides,
-        and without it the next item continues the last session."""
+        (``next_deltas`` at the last history event, or ``query_deltas``, with
+        ``use_query_gap``) decides, and without it the next item continues the last
+        session."""
         items = ops.cast(inputs["items"], "int32")
         if "deltas" in inputs:
             deltas = inputs["deltas"]
@@ -411,6 +413,8 @@ class HNVM(SequentialRecommender):
             last = ops.maximum(ops.sum(ops.cast(ops.not_equal(items, 0), "int32"), axis=1) - 1, 0)
             nd = ops.cast(inputs["next_deltas"], "float32")
             next_delta = ops.take_along_axis(nd, ops.expand_dims(last, 1), axis=1)[:, 0]
+        elif not new_session and self.use_query_gap and "query_deltas" in inputs:
+            next_delta = ops.reshape(ops.cast(inputs["query_deltas"], "float32"), (-1,))
         context, current = history_to_sessions(items, deltas, self.gap, self.max_session_length,
                                                 self.max_context_sessions, new_session=new_session,
                                                 next_delta=next_delta)

@@ -370,12 +370,6 @@ class HRNNMeta(SequentialRecommender):
             s["s_user"] = ops.broadcast_to(u, (B, T + 1))
         return s
 
-    def _as_inputs(self, x):
-        keep = set(self.input_features)
-        if self.use_levels and "next_deltas" not in x:
-            keep |= {"deltas", "query_deltas"}
-        return {k: ops.convert_to_tensor(v) for k, v in x.items() if k in keep}
-
     def _item_feature_rows(self, items):
         idx = ops.where(ops.equal(items, self.bos), 0, items)
         return ops.take(ops.convert_to_tensor(self.decoder.item_features), idx, axis=0)

@@ -19,14 +19,20 @@ batch dimension first so TF Serving's request batching applies):
     ``lengths`` int32 ``[B]``, ``k`` int32 ``[B]``, ``exclude_seen`` bool ``[B]``,
     plus the model's features: ``timestamps`` float64 ``[B, T]`` (seconds; the
     model's time deltas are computed in the graph), ``values`` float32 ``[B, T]``,
-    ``user_id`` string ``[B]``.
+    ``user_id`` string ``[B]``, and for models that read the gap from the last
+    event to the request (``next_deltas`` models: HRNN-meta's control signal,
+    HNVM's session rule) ``query_timestamp`` float64 ``[B]``: the time of the
+    request in the seconds of ``timestamps`` (``NaN`` when unknown: the next
+    item then continues the last session, as at a gap of 0; a time before the
+    last history event is INVALID_ARGUMENT).
     outputs ``item_ids`` string ``[B, K]`` and ``scores`` float32 ``[B, K]`` with
     ``K = max(k)``; a row asking for fewer items is filled with ``""`` / ``-inf``.
     The padding item is never recommended.
 ``recommend_ragged``
     as ``serving_default`` with the history as ragged components:
     ``item_values`` string ``[N]`` and ``row_lengths`` int32 ``[B]`` (and
-    ``timestamp_values`` / ``value_values`` ``[N]`` when the model reads them).
+    ``timestamp_values`` / ``value_values`` ``[N]``, ``user_id`` and
+    ``query_timestamp`` ``[B]`` when the model reads them).
 ``score``
     the history inputs plus ``candidates`` string ``[B, C]`` -> ``scores``
     ``[B, C]`` (an unknown candidate scores ``-inf`` under the ``"pad"`` policy).
@@ -34,7 +40,7 @@ batch dimension first so TF Serving's request batching applies):
     ``initial_state(sessions [B] string)`` -> ``state_*`` tensors;
     ``step(state_*, item [B], k [B], [timestamp [B], value [B], user_id [B]])``
     -> new ``state_*``, ``item_ids``, ``scores``: advances sessions one event at a
-    time. A model exposing ``initial_state(batch_size)`` and
+    time; the scores are those at the time of the new event (a query gap of 0). A model exposing ``initial_state(batch_size)`` and
     ``step(state, inputs) -> (logits, new_state)`` (recurrent models) is advanced in
     O(1) by its own step; its state tensors travel flat, ``state_<i>`` ``[B, D_i]`` in
     the order of ``tf.nest.flatten(initial_state)`` (an LSTM: ``state_0`` = h,
@@ -92,15 +98,16 @@ def existing_versions(base_dir: str) -> list:
 
 
 #: model input features the export feeds (``next_deltas`` models accept previous-event
-#: ``deltas`` instead, computed in the graph from timestamps).
-EXPORT_FEATURES = ("deltas", "values", "user")
+#: ``deltas`` and the query gap ``query_deltas`` instead, computed in the graph from
+#: ``timestamps`` and ``query_timestamp``).
+EXPORT_FEATURES = ("deltas", "values", "user", "query_deltas")
 
 
 def export_features(model) -> tuple:
     """The non-item features the exported graph feeds ``model`` (from ``input_features``)."""
     feats = set(getattr(model, "input_features", ("items",)))
     if "next_deltas" in feats:
-        feats.add("deltas")
+        feats |= {"deltas", "query_deltas"}
     return tuple(f for f in EXPORT_FEATURES if f in feats)
 
 
@@ -235,12 +242,14 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                 spec = {"items": tf.TensorSpec([None, None], tf.int32),
                         "deltas": tf.TensorSpec([None, None], tf.float32),
                         "values": tf.TensorSpec([None, None], tf.float32),
-                        "user": tf.TensorSpec([None], tf.int32)}
+                        "user": tf.TensorSpec([None], tf.int32),
+                        "query_deltas": tf.TensorSpec([None], tf.float32)}
                 spec = {k: v for k, v in spec.items() if k in inputs}
                 self._logits_fn = tf.function(self._logits_impl, input_signature=[spec])
             return self._logits_fn(inputs)
 
-        def history_inputs(self, items, lengths, timestamps=None, values=None, user_id=None):
+        def history_inputs(self, items, lengths, timestamps=None, values=None, user_id=None,
+                           query_timestamp=None):
             lengths = tf.cast(lengths, tf.int32)
             checks = [
                 tf.debugging.assert_equal(tf.shape(lengths)[0], tf.shape(items)[0],
@@ -255,6 +264,20 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
             if user_id is not None:
                 checks.append(tf.debugging.assert_equal(
                     tf.shape(user_id)[0], tf.shape(items)[0], message="user_id needs one entry per row"))
+            query_gap = None
+            if "query_deltas" in self.features:
+                checks.append(tf.debugging.assert_equal(
+                    tf.shape(query_timestamp)[0], tf.shape(items)[0],
+                    message="query_timestamp needs one entry per row"))
+                with tf.control_dependencies(checks[-1:]):
+                    # seconds from the last history event to the request; unknown
+                    # (NaN) or an empty history: 0, i.e. the session continues
+                    last = tf.gather(tf.cast(timestamps, tf.float64), tf.maximum(lengths - 1, 0),
+                                     axis=1, batch_dims=1)
+                    q = tf.cast(query_timestamp, tf.float64) - last
+                query_gap = tf.where(tf.math.is_nan(q) | (lengths <= 0), tf.zeros_like(q), q)
+                checks.append(tf.debugging.assert_non_negative(
+                    query_gap, message="query_timestamp must not precede the last history timestamp"))
             with tf.control_dependencies(checks):
                 lengths = tf.identity(lengths)
             mask = tf.sequence_mask(lengths, tf.shape(items)[1])
@@ -270,6 +293,8 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                 x["values"] = tf.where(mask, v, tf.zeros_like(v))
             if "user" in self.features:
                 x["user"] = self.lookup_users(user_id)
+            if query_gap is not None:
+                x["query_deltas"] = tf.cast(query_gap, tf.float32)
             return x
 
         def top_k(self, logits, k, seen=None):
@@ -384,6 +409,8 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                     x["values"] = v
                 if "user" in self.features:
                     x["user"] = self.lookup_users(user_id)
+                if "query_deltas" in self.features:  # scored at the time of the new event
+                    x["query_deltas"] = tf.zeros(tf.shape(idx), tf.float32)
                 logits = self.logits(x)
             out.update(self.top_k(logits, k))
             return out
@@ -404,16 +431,11 @@ def _signature_functions(mod, window: int):
         extra["values"] = S([None, None], tf.float32, "values")
     if "user" in feats:
         extra["user_id"] = S([None], tf.string, "user_id")
+    if "query_deltas" in feats:
+        extra["query_timestamp"] = S([None], tf.float64, "query_timestamp")
 
     def split(kw):
-        f = {}
-        if "timestamps" in kw:
-            f["timestamps"] = kw.pop("timestamps")
-        if "values" in kw:
-            f["values"] = kw.pop("values")
-        if "user_id" in kw:
-            f["user_id"] = kw.pop("user_id")
-        return f
+        return {n: kw.pop(n) for n in ("timestamps", "values", "user_id", "query_timestamp") if n in kw}
 
     rec_spec = dict(hist, k=S([None], tf.int32, "k"), exclude_seen=S([None], tf.bool, "exclude_seen"), **extra)
 
@@ -432,6 +454,8 @@ def _signature_functions(mod, window: int):
         rag_spec["value_values"] = S([None], tf.float32, "value_values")
     if "user" in feats:
         rag_spec["user_id"] = S([None], tf.string, "user_id")
+    if "query_deltas" in feats:
+        rag_spec["query_timestamp"] = S([None], tf.float64, "query_timestamp")
 
     @tf.function(input_signature=[rag_spec], autograph=False)
     def recommend_ragged(inp):
@@ -446,8 +470,9 @@ def _signature_functions(mod, window: int):
             f["timestamps"] = tf.RaggedTensor.from_row_lengths(inp["timestamp_values"], rl).to_tensor(0.0)
         if "value_values" in inp:
             f["values"] = tf.RaggedTensor.from_row_lengths(inp["value_values"], rl).to_tensor(0.0)
-        if "user_id" in inp:
-            f["user_id"] = inp["user_id"]
+        for n in ("user_id", "query_timestamp"):
+            if n in inp:
+                f[n] = inp[n]
         return mod.recommend(items, inp["row_lengths"], inp["k"], inp["exclude_seen"], **f)
 
     score_spec = dict(hist, candidates=S([None, None], tf.string, "candidates"), **extra)
@@ -499,6 +524,8 @@ def _warmup_inputs(mod, specs: dict, item_tokens, window: int) -> dict:
         feats["values"] = np.ones((2, 3), np.float32)
     if "user" in mod.features:
         feats["user_id"] = np.array(["", ""], object)
+    if "query_deltas" in mod.features:
+        feats["query_timestamp"] = np.array([3600.0, np.nan], np.float64)
     out = {"serving_default": dict(hist, k=np.array([k, k], np.int32),
                                    exclude_seen=np.array([False, True]), **feats),
            "score": dict(hist, candidates=np.array([[tok, tok2], [tok2, tok]], object), **feats),
@@ -511,6 +538,8 @@ def _warmup_inputs(mod, specs: dict, item_tokens, window: int) -> dict:
         rag["value_values"] = np.ones(3, np.float32)
     if "user" in mod.features:
         rag["user_id"] = feats["user_id"]
+    if "query_deltas" in mod.features:
+        rag["query_timestamp"] = feats["query_timestamp"]
     out["recommend_ragged"] = rag
     return out
 

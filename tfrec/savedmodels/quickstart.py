@@ -32,10 +32,12 @@ def quickstart_export_and_serve(model, data, out_dir: str, serve: bool = True, k
     from tfrec.savedmodels.export import export_features
 
     feats = export_features(model)
-    timestamps = None
+    timestamps = query_times = None
     if "deltas" in feats and seqs.times is not None:
         a = int(seqs.offsets[0])
         timestamps = [seqs.times[a : a + len(history)].tolist()]
+        if "query_deltas" in feats:  # asked at the time of the held-out next event
+            query_times = [float(seqs.times[a + len(history)])]
     user_ids = None
     if "user" in feats and seqs.users is not None and data.user_vocab is not None:
         u = int(seqs.users[0])
@@ -46,7 +48,7 @@ def quickstart_export_and_serve(model, data, out_dir: str, serve: bool = True, k
         with Client(f"127.0.0.1:{server.port}", name) as client:
             t0 = time.perf_counter()
             recs = client.recommend([history], k=min(k, model.num_items - 1), timestamps=timestamps,
-                                    user_ids=user_ids)[0]
+                                    user_ids=user_ids, query_times=query_times)[0]
             ms = (time.perf_counter() - t0) * 1e3
     finally:
         server.stop()

@@ -84,8 +84,14 @@ class Client:
 
     def recommend(self, histories: List[Sequence[str]], k: int = 10, exclude_seen: bool = False,
                   timestamps: Optional[List[Sequence[float]]] = None, user_ids: Optional[Sequence[str]] = None,
-                  version: Optional[int] = None) -> List[List[tuple]]:
-        """Top-``k`` ``(item_id, score)`` per history through ``serving_default``."""
+                  version: Optional[int] = None,
+                  query_times: Optional[Sequence[float]] = None) -> List[List[tuple]]:
+        """Top-``k`` ``(item_id, score)`` per history through ``serving_default``.
+
+        ``timestamps``, ``user_ids`` and ``query_times`` are sent when given; the
+        model's signature says which it needs (``query_times``, the time of each
+        request in the seconds of ``timestamps``, NaN when unknown, is read by
+        models whose scores depend on the gap to the request: HRNN-meta, HNVM)."""
         x = self.history_inputs(histories)
         B, T = x["items"].shape
         x["k"] = np.full(B, k, np.int32)
@@ -97,6 +103,8 @@ class Client:
             x["timestamps"] = ts
         if user_ids is not None:
             x["user_id"] = np.array([str(u).encode() for u in user_ids], dtype=object)
+        if query_times is not None:
+            x["query_timestamp"] = np.asarray(query_times, np.float64).reshape(B)
         out = self.predict(x, version=version)
         return [[(i.decode("utf-8"), float(s)) for i, s in zip(ids, sc) if i]
                 for ids, sc in zip(out["item_ids"], out["scores"])]
