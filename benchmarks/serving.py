@@ -337,6 +337,7 @@ def main(argv=None):
     p.add_argument("--step-block", type=int, default=25,
                    help="calls per run in the block-alternated step vs replay measurement")
     p.add_argument("--k", type=int, default=20)
+    p.add_argument("--note", default="", help="stored with the results (e.g. what else ran on the machine)")
     p.add_argument("--name", default="serving", help="results file name")
     p.add_argument("--server", choices=["process", "thread"], default="process",
                    help="run tfrec serve in its own process (default, as deployed) or in a thread")
@@ -591,7 +592,7 @@ def main(argv=None):
     nice = os.nice(0)
     cmd = (f"taskset -c {','.join(map(str, affinity))} " if len(affinity) < (os.cpu_count() or 1) else "") + \
           (f"nice -n {nice} " if nice else "") + command()
-    payload = {"command": cmd, "machine": machine(), "threads": args.threads, "server": args.server,
+    payload = {"command": cmd, "note": args.note, "machine": machine(), "threads": args.threads, "server": args.server,
                "thread_spinning": args.thread_spinning,
                "niceness": nice, "cpu_affinity": affinity, "load_average_before": load_before,
                "load_average_after": load_after, "items": args.items, "history": args.history,
@@ -617,7 +618,7 @@ client: the official `PredictionServiceStub` in the benchmark process. CPUs allo
 shared with other engineers' jobs: load average {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}
 (1/5/15 min) before, {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f} after; this process ran at
 niceness {nice}. Under such load wall-clock numbers are pessimistic and noisy; the CPU times hardly
-depend on it.
+depend on it.{(chr(10) + "Note: " + args.note) if args.note else ""}
 
 ## gRPC server vs in-process call of the same SavedModel
 
