@@ -34,7 +34,8 @@ from typing import Optional
 from keras import ops
 
 LOSSES = ("cross_entropy", "top1", "bpr", "top1_max", "bpr_max")
-_EPS = 1e-24
+#: added inside the logarithm of the BPR-max ranking term (the official GRU4Rec uses 1e-24)
+BPR_MAX_EPS = 1e-24
 
 
 def negative_mask(batch_size, num_extra: int = 0, valid=None):
@@ -101,7 +102,7 @@ def bpr_max(scores, mask, reg: float = 1.0):
     """
     r_i = _positive(scores)
     s = softmax_negatives(scores, mask)
-    ranking = -ops.log(ops.sum(s * ops.sigmoid(r_i - scores), axis=1) + _EPS)
+    ranking = -ops.log(ops.sum(s * ops.sigmoid(r_i - scores), axis=1) + BPR_MAX_EPS)
     return ranking + reg * ops.sum(s * scores**2, axis=1)
 
 

@@ -283,7 +283,7 @@ def bpr_max_session_loss_t(scores_t, valid=None, num_extra: int = 0, reg: float 
     e = ops.exp(ops.minimum(scores_t - big, 0.0)) * m
     s = ops.divide_no_nan(e, ops.sum(e, axis=0, keepdims=True))
     r_i = ops.expand_dims(ops.diagonal(scores_t[:B]), 0)
-    per = -ops.log(ops.sum(s * ops.sigmoid(r_i - scores_t), axis=0) + L._EPS)
+    per = -ops.log(ops.sum(s * ops.sigmoid(r_i - scores_t), axis=0) + L.BPR_MAX_EPS)
     per = per + reg * ops.sum(s * scores_t**2, axis=0)
     if valid is not None:
         per = per * ops.cast(valid, per.dtype)
