@@ -103,21 +103,39 @@ def test_every_model_trains_under_mirrored_strategy(name, mirrored_results):
 
 
 # ---------------------------------------------------------- multi-worker
-def test_multi_worker_training_in_sync(tmp_path):
+def start_workers(out_paths, mode: str):
+    """``tests/helpers/dist_worker.py OUT MODE`` in one process per path, as a local
+    2-worker cluster on free loopback ports."""
     import socket
 
     ports = []
-    for _ in range(2):
+    for _ in out_paths:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     script = os.path.join(HERE, "helpers", "dist_worker.py")
     procs = []
-    for i in range(2):
+    for i, out in enumerate(out_paths):
         env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen([sys.executable, script, str(tmp_path / f"w{i}.npz"), "2"], env=env,
+        procs.append(subprocess.Popen([sys.executable, script, str(out), mode], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def test_keras_fit_refuses_several_workers_with_a_clear_error(tmp_path):
+    from tfrec.training.distributed import MULTI_WORKER_FIT_ERROR
+
+    outs = [tmp_path / f"w{i}.txt" for i in range(2)]
+    for p in start_workers(outs, "keras_fit"):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    assert [o.read_text() for o in outs] == [MULTI_WORKER_FIT_ERROR] * 2
+
+
+def test_multi_worker_training_in_sync(tmp_path):
+    script = os.path.join(HERE, "helpers", "dist_worker.py")
+    procs = start_workers([tmp_path / f"w{i}.npz" for i in range(2)], "2")
     single = subprocess.run([sys.executable, script, str(tmp_path / "single.npz"), "2"], env=ENV,
                             capture_output=True, text=True, timeout=400)
     for p in procs:

@@ -47,5 +47,24 @@ def main(out, epochs):
     np.savez(out, loss=np.array(hist["loss"]), *[w for w in model.get_weights()])
 
 
+def keras_fit(out):
+    """Tries Keras ``fit`` on a SequenceDataset under the strategy; writes the error to OUT."""
+    strategy = get_strategy("multi_worker")
+    data = simulate_sessions(num_users=50, seed=0)
+    with strategy.scope():
+        model = SmallGRU(data.num_items)
+        model.compile(optimizer="sgd")
+    try:
+        model.fit(data, epochs=1, verbose=0)
+        msg = "fit ran"
+    except ValueError as e:
+        msg = str(e)
+    with open(out, "w") as f:
+        f.write(msg)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[2] == "keras_fit":
+        keras_fit(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))

@@ -309,6 +309,9 @@ class SequentialRecommender(keras.Model, Recommender):
     def fit(self, x=None, y=None, *, validation_protocol="default", monitor="recall@20",
             restore_best=True, patience: Optional[int] = None, callbacks=None, verbose="auto",
             validation_state: Optional[str] = None, **kwargs):
+        from tfrec.training.distributed import check_keras_fit_strategy
+
+        check_keras_fit_strategy(self.distribute_strategy)
         if not isinstance(x, SequenceDataset):
             return super().fit(x, y, callbacks=callbacks, verbose=verbose, **kwargs)
         from tfrec.training.callbacks import RankingValidation

@@ -81,6 +81,27 @@ def is_chief(strategy) -> bool:
     return t == "chief" or (t == "worker" and i == 0 and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def num_workers(strategy) -> int:
+    """Worker processes (chief included) of ``strategy``'s cluster; 1 without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
+
+
+#: why Keras 3 ``fit`` is refused under a multi-worker strategy
+MULTI_WORKER_FIT_ERROR = (
+    "Keras 3's fit does not run under MultiWorkerMirroredStrategy with several workers "
+    "(keras-team/keras#20585); train with tfrec.training.distributed.fit_distributed, "
+    "which runs the model's train_step under strategy.run")
+
+
+def check_keras_fit_strategy(strategy) -> None:
+    """Raises ``ValueError(MULTI_WORKER_FIT_ERROR)`` for a multi-worker strategy (Keras 3
+    ``fit`` fails there with an unrelated type error); a single worker passes."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and num_workers(strategy) > 1:
+        raise ValueError(MULTI_WORKER_FIT_ERROR)
+
+
 def _slice_rows(batch, start: int, step: int):
     return tf.nest.map_structure(lambda a: np.asarray(a)[start::step], batch)
 
