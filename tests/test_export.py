@@ -283,6 +283,9 @@ def test_query_timestamp_is_the_models_query_gap(name, exports):
     early = dict(inputs, query_timestamp=tf.constant(last_t - 1.0))
     with pytest.raises(tf.errors.InvalidArgumentError, match="query_timestamp must not precede the last"):
         m.signatures["serving_default"](k=tf.fill([B], 5), exclude_seen=tf.zeros([B], tf.bool), **early)
+    too_long = dict(inputs, lengths=tf.constant(lengths + T))  # checked before the query gap reads it
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lengths must not exceed the padded history"):
+        m.signatures["serving_default"](k=tf.fill([B], 5), exclude_seen=tf.zeros([B], tf.bool), **too_long)
 
 
 @pytest.mark.parametrize("name", ["hrnn", "gru4rec"])

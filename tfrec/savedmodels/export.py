@@ -40,7 +40,8 @@ batch dimension first so TF Serving's request batching applies):
     ``initial_state(sessions [B] string)`` -> ``state_*`` tensors;
     ``step(state_*, item [B], k [B], [timestamp [B], value [B], user_id [B]])``
     -> new ``state_*``, ``item_ids``, ``scores``: advances sessions one event at a
-    time; the scores are those at the time of the new event (a query gap of 0). A model exposing ``initial_state(batch_size)`` and
+    time; the scores are those at the time of the new event (a query gap of 0).
+    A model exposing ``initial_state(batch_size)`` and
     ``step(state, inputs) -> (logits, new_state)`` (recurrent models) is advanced in
     O(1) by its own step; its state tensors travel flat, ``state_<i>`` ``[B, D_i]`` in
     the order of ``tf.nest.flatten(initial_state)`` (an LSTM: ``state_0`` = h,
@@ -269,7 +270,7 @@ def _make_module(model, item_tokens: Sequence[str], user_tokens: Optional[Sequen
                 checks.append(tf.debugging.assert_equal(
                     tf.shape(query_timestamp)[0], tf.shape(items)[0],
                     message="query_timestamp needs one entry per row"))
-                with tf.control_dependencies(checks[-1:]):
+                with tf.control_dependencies(checks):  # lengths and shapes are valid first
                     # seconds from the last history event to the request; unknown
                     # (NaN) or an empty history: 0, i.e. the session continues
                     last = tf.gather(tf.cast(timestamps, tf.float64), tf.maximum(lengths - 1, 0),
