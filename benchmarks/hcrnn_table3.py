@@ -334,6 +334,17 @@ def timing(data, causal_batch: int, rounds: int = 1, two_phase: bool = False) ->
 LABELS = {"hcrnn-1": "HCRNN-1", "hcrnn-2": "HCRNN-2", "hcrnn-3": "HCRNN-3", "hcrnn-3+bi": "HCRNN-3+Bi"}
 
 
+def row_commands(data: dict, key: str) -> list:
+    """The recorded commands that trained runs of row ``key``: those naming one of its
+    ``NAME:FORM:SEED`` specs, with ``--two-phase`` exactly when the row has it (the
+    results keep one command list for all rows)."""
+    runs = [r for r in data["runs"] if row_key(r) == key]
+    specs = {f"{r['name']}:{r['form']}:{r['seed']}" for r in runs}
+    two_phase = any(is_two_phase(r) for r in runs)
+    return [c for c in data.get("commands", [])
+            if specs & set(c.split()) and ("--two-phase" in c.split()) == two_phase]
+
+
 def merge_into_table(data: dict) -> None:
     """Writes only the HCRNN rows into citeulike_table3.json, in the row format of
     benchmarks/citeulike_table3.py (``rows[name] = {label, summary, paper, runs, ...}``).
@@ -363,7 +374,7 @@ def merge_into_table(data: dict) -> None:
                         if row["capped"] and not summary["partial_seeds"] else ""))
             payload["rows"][key] = {"label": label, "summary": summary,
                                     "paper": [p[m] for m in METRICS] if p else None, "runs": runs,
-                                    "command": "; ".join(data.get("commands", [])),
+                                    "command": "; ".join(row_commands(data, key)),
                                     "source": "benchmarks/hcrnn_table3.py", "notes": notes}
         return payload
 
