@@ -489,6 +489,14 @@ def test_quickstart_sends_the_query_time_to_query_gap_models(data, tmp_path):
     np.testing.assert_allclose([s for _, s in res["recommendations"]], np.sort(scores)[::-1][:5], rtol=1e-4)
 
 
+def test_client_checks_query_times_before_sending():
+    from tfrec.serving import Client
+
+    with Client("127.0.0.1:1", "rec", timeout=1) as c:  # nothing listens: the check comes first
+        with pytest.raises(ValueError, match=r"query_times needs one time per history: shape \(2,\), got \(1,\)"):
+            c.recommend([["1", "2"], ["3"]], k=3, query_times=[5.0])
+
+
 def test_tensor_proto_conversion_matches_tensorflow():
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 

@@ -104,7 +104,10 @@ class Client:
         if user_ids is not None:
             x["user_id"] = np.array([str(u).encode() for u in user_ids], dtype=object)
         if query_times is not None:
-            x["query_timestamp"] = np.asarray(query_times, np.float64).reshape(B)
+            q = np.asarray(query_times, np.float64)
+            if q.shape != (B,):
+                raise ValueError(f"query_times needs one time per history: shape ({B},), got {q.shape}")
+            x["query_timestamp"] = q
         out = self.predict(x, version=version)
         return [[(i.decode("utf-8"), float(s)) for i, s in zip(ids, sc) if i]
                 for ids, sc in zip(out["item_ids"], out["scores"])]
