@@ -175,8 +175,10 @@ def locked_update(path: str, fn) -> None:
 
 
 def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, causal_batch: int,
-            two_phase: bool, causal_normalizer=None, state_dir=None) -> dict:
-    """Trains and tests one run. With ``state_dir``, the run keeps a backup of the
+            two_phase: bool, causal_normalizer=None, state_dir=None, random_batches: int = 0) -> dict:
+    """Trains and tests one run. ``random_batches`` (paper form): train on the
+    authors' random batches of 512 prefixes instead of length-bucketed ones, the
+    recurrence run in that many length groups per batch. With ``state_dir``, the run keeps a backup of the
     model and optimizer after every epoch (Keras ``BackupAndRestore``) and its
     validation state (best epoch, best weights, patience counter), so a run stopped
     by the wall-clock budget continues where it stopped when the same command runs
@@ -191,9 +193,12 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
     kw = dict(variant=run["variant"], attention=run["attention"], seed=run["seed"], two_phase=two_phase)
     if run["form"] == "causal":
         kw.update(layout="sequence", batch_size=causal_batch, target_normalizer=causal_normalizer)
+    elif random_batches:
+        kw.update(bucket=False, length_groups=random_batches)
     model = HCRNN(num_items=data.num_items, **kw)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
-    run_dir = (os.path.join(state_dir, f"{run['name']}_{run['form']}_{run['seed']}" + ("_two_phase" if two_phase else ""))
+    run_dir = (os.path.join(state_dir, f"{run['name']}_{run['form']}_{run['seed']}" + ("_two_phase" if two_phase else "")
+                            + ("_random_batches" if random_batches else ""))
                if state_dir else None)
     fitted = fit_resumable(model, data, budget_s=budget_s, max_epochs=max_epochs, patience=patience, run_dir=run_dir)
     test = evaluate(model, data.test, protocol="hcrnn")
@@ -211,13 +216,25 @@ def run_one(run: dict, data, budget_s: float, max_epochs: int, patience: int, ca
 
 
 def is_two_phase(run: dict) -> bool:
-    return run["key"].endswith(":two_phase")
+    return ":two_phase" in run["key"]
+
+
+def is_random_batches(run: dict) -> bool:
+    return ":random_batches" in run["key"]
+
+
+def run_key(spec: str, two_phase: bool, random_batches: int) -> str:
+    run = parse_run(spec)
+    return (f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if two_phase else "")
+            + (":random_batches" if random_batches and run["form"] == "paper" else ""))
 
 
 def row_key(run: dict) -> str:
     """``name`` (paper form), ``name (causal)``, and with the authors' two-phase update
-    ``name (two-phase)`` / ``name (causal, two-phase)``."""
-    tags = ([] if run["form"] == "paper" else ["causal"]) + (["two-phase"] if is_two_phase(run) else [])
+    ``name (two-phase)`` / ``name (causal, two-phase)``; paper-form runs on the
+    authors' random batches (not length-bucketed) add ``random batches``."""
+    tags = (([] if run["form"] == "paper" else ["causal"]) + (["two-phase"] if is_two_phase(run) else [])
+            + (["random batches"] if is_random_batches(run) else []))
     return run["name"] + (f" ({', '.join(tags)})" if tags else "")
 
 
@@ -232,6 +249,7 @@ def summarize(runs: list) -> dict:
         std = {m: float(np.std([r["test"][m] for r in rs], ddof=1)) if len(rs) > 1 else None for m in METRICS}
         rows[key] = {
             "model": rs[0]["name"], "form": rs[0]["form"], "two_phase": is_two_phase(rs[0]),
+            "random_batches": is_random_batches(rs[0]),
             "seeds": [r["seed"] for r in rs],
             "test": test, "test_std": std,
             "valid_recall@20": float(np.mean([r["valid"]["recall@20"] for r in rs])),
@@ -336,13 +354,15 @@ LABELS = {"hcrnn-1": "HCRNN-1", "hcrnn-2": "HCRNN-2", "hcrnn-3": "HCRNN-3", "hcr
 
 def row_commands(data: dict, key: str) -> list:
     """The recorded commands that trained runs of row ``key``: those naming one of its
-    ``NAME:FORM:SEED`` specs, with ``--two-phase`` exactly when the row has it (the
-    results keep one command list for all rows)."""
+    ``NAME:FORM:SEED`` specs, with ``--two-phase`` and ``--random-batches`` exactly
+    when the row has them (the results keep one command list for all rows)."""
     runs = [r for r in data["runs"] if row_key(r) == key]
     specs = {f"{r['name']}:{r['form']}:{r['seed']}" for r in runs}
     two_phase = any(is_two_phase(r) for r in runs)
+    random_batches = any(is_random_batches(r) for r in runs)
     return [c for c in data.get("commands", [])
-            if specs & set(c.split()) and ("--two-phase" in c.split()) == two_phase]
+            if specs & set(c.split()) and ("--two-phase" in c.split()) == two_phase
+            and ("--random-batches" in c.split()) == random_batches]
 
 
 def merge_into_table(data: dict) -> None:
@@ -363,8 +383,9 @@ def merge_into_table(data: dict) -> None:
                 rr["stopped_at_deadline"] = bool(rr.get("capped"))
             summary = table_summary(runs)
             p = PAPER.get(row["model"])  # the paper's one number per variant, beside either form
-            tags = ([] if row["form"] == "paper" else ["causal form"]) + (
-                ["two-phase update"] if row.get("two_phase") else [])
+            tags = (([] if row["form"] == "paper" else ["causal form"])
+                    + (["two-phase update"] if row.get("two_phase") else [])
+                    + (["random batches"] if row.get("random_batches") else []))
             label = LABELS[row["model"]] + (f" ({', '.join(tags)})" if tags else "")
             notes = (f"{'paper form: prefix-augmented, one theta per prefix' if row['form'] == 'paper' else 'causal form: theta_t from the prefix up to t, prefix-parallel'}; "
                      f"epochs run {row['epochs_run']}, best {row['best_epochs']}"
@@ -395,6 +416,10 @@ def main(argv=None):
     ap.add_argument("--causal-normalizer", type=float, default=None,
                     help="causal form: divide the summed loss by this constant (target_normalizer)")
     ap.add_argument("--two-phase", action="store_true")
+    ap.add_argument("--random-batches", type=int, default=0, metavar="GROUPS",
+                    help="paper form: train on random batches of prefixes as the authors' code (reshuffled "
+                         "every epoch, not length-bucketed), the recurrence of each batch run in GROUPS "
+                         "length-sorted groups (same gradients, less padding work)")
     ap.add_argument("--data", default="hcrnn:hcrnn_citeulike")
     ap.add_argument("--merge-table", action="store_true", help="also merge rows into citeulike_table3.json")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/hcrnn_table3.json)")
@@ -435,13 +460,14 @@ def main(argv=None):
     command = "python benchmarks/hcrnn_table3.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for spec in args.runs:
         run = parse_run(spec)
-        key = f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if args.two_phase else "")
+        key = run_key(spec, args.two_phase, args.random_batches)
         if args.state_dir and finished_earlier(OUT_JSON, key):
             print(f"=== {spec}: finished earlier (not capped), skipped ===", flush=True)
             continue
         print(f"=== {spec} ===", flush=True)
         res = run_one(run, data, args.budget_minutes * 60, args.max_epochs, args.patience,
-                      args.causal_batch, args.two_phase, args.causal_normalizer, args.state_dir)
+                      args.causal_batch, args.two_phase, args.causal_normalizer, args.state_dir,
+                      args.random_batches if run["form"] == "paper" else 0)
         res["key"] = key
         print(json.dumps({k: res[k] for k in ("key", "best_epoch", "epochs_run", "capped", "test",
                                               "seconds_per_epoch")}, default=float), flush=True)

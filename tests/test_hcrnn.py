@@ -195,6 +195,68 @@ def test_fast_loop_equals_keras_rnn(layout):
     np.testing.assert_allclose(fast.score_prefix_batch(x), slow.score_prefix_batch(x), rtol=1e-5, atol=1e-5)
 
 
+def _grads(m, x, y):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        logits = m(x, training=False)
+        loss = m.compute_loss(x, y, logits)
+    return np.asarray(logits), [None if g is None else np.asarray(tf.convert_to_tensor(g))
+                                for g in tape.gradient(loss, m.trainable_variables)]
+
+
+@pytest.mark.parametrize("groups", [2, 3, 7, 9])
+@pytest.mark.parametrize("kw", [dict(), dict(attention="narm", variant=1)])
+def test_length_groups_equal_one_group(groups, kw):
+    # random-length rows in random order; 9 groups > 7 rows runs as one group
+    rng = np.random.default_rng(3)
+    lens = [1, 6, 2, 6, 3, 1, 5]
+    items = np.zeros((7, 6), "int32")
+    for i, n in enumerate(lens):
+        items[i, :n] = rng.integers(1, 30, n)
+    x, y = {"items": items}, rng.integers(1, 30, 7).astype("int32")
+    keras.utils.set_random_seed(2)
+    one = HCRNN(num_items=30, **TINY, **kw)
+    grouped = HCRNN(num_items=30, length_groups=groups, **TINY, **kw)
+    grouped.set_weights(one.get_weights())
+    a, ga = _grads(one, x, y)
+    b, gb = _grads(grouped, x, y)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert [g is None for g in ga] == [g is None for g in gb]
+    assert sum(g is None for g in ga) == 2  # only sigma of q(theta), unused at inference
+    for u, v in zip(ga, gb):
+        if u is not None:
+            np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-7)
+    assert grouped.get_config()["length_groups"] == groups
+
+
+def test_length_groups_errors():
+    with pytest.raises(ValueError, match=r"length_groups must be an integer >= 1, got 0"):
+        HCRNN(num_items=30, length_groups=0, **TINY)
+    with pytest.raises(ValueError, match=r"length_groups must be an integer >= 1, got 2.5"):
+        HCRNN(num_items=30, length_groups=2.5, **TINY)
+    with pytest.raises(ValueError, match=r"length_groups > 1 needs the paper form"):
+        HCRNN(num_items=30, length_groups=4, layout="sequence", **TINY)
+    with pytest.raises(ValueError, match=r"length_groups > 1 needs the paper form"):
+        HCRNN(num_items=30, length_groups=4, loop="keras", **TINY)
+
+
+def test_length_groups_train_random_batches_like_one_group():
+    """Training on random (unbucketed) batches: grouped and one-group models take the
+    same steps (same seeds, same batches, same dropout draws)."""
+    data = _tiny_data()
+    weights = []
+    for groups in (1, 4):
+        keras.utils.set_random_seed(5)
+        m = HCRNN(num_items=data.num_items, batch_size=16, bucket=False, length_groups=groups,
+                  two_phase=True, seed=5, **TINY)
+        m.compile(optimizer=keras.optimizers.Adam(1e-2))
+        m.fit(m.make_dataset(data.train), epochs=2, verbose=0)
+        weights.append(m.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
 def test_kl_is_tfp_and_matches_closed_form():
     layer = GlobalContextInference(num_contexts=4, units=3, kl_weight=0.5)
     u = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")

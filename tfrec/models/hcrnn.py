@@ -103,6 +103,14 @@ class HCRNN(SequentialRecommender):
             unchanged); 0 = none. Not applied for ``"sampled-softmax"``.
         remove_accidental_hits: a column holding the same item as a row's target is
             not a negative of that row (other targets in the batch, samples).
+        length_groups: paper form only: run the recurrence of a batch in this many
+            groups of rows sorted by history length, each padded only to its own
+            longest history (the readout, θ and the decoder still see the whole
+            batch). The scores, loss and gradients are those of the whole batch
+            (tested); only the work changes. With ``bucket=False`` this trains on
+            the authors' random batches of prefixes (reshuffled every epoch) at
+            close to the cost of length-bucketed batches, whose rows all have
+            about the same length. 1: one group.
         layout, batch_size, bucket, seed: see :class:`SequentialRecommender`;
             ``layout="sequence"`` needs (and implies) ``theta="causal"``.
 
@@ -120,7 +128,7 @@ class HCRNN(SequentialRecommender):
                  theta: Optional[str] = None, theta_input: str = "sum", two_phase: bool = False,
                  loop: str = "fast", loss: str = "cross_entropy", num_negatives: int = 0,
                  sample_alpha: float = 0.5, bpreg: float = 1.0, elu_param: float = 0.0,
-                 remove_accidental_hits: bool = True,
+                 remove_accidental_hits: bool = True, length_groups: int = 1,
                  layout: str = "prefix", batch_size: int = 512, bucket: bool = True, seed: int = 0,
                  **kwargs):
         if theta is None:
@@ -159,6 +167,12 @@ class HCRNN(SequentialRecommender):
         self.bpreg = float(bpreg)
         self.elu_param = float(elu_param)
         self.remove_accidental_hits = bool(remove_accidental_hits)
+        if isinstance(length_groups, bool) or not isinstance(length_groups, (int, np.integer)) \
+                or length_groups < 1:
+            raise ValueError(f"length_groups must be an integer >= 1, got {length_groups!r}")
+        if length_groups > 1 and (theta == "causal" or loop != "fast"):
+            raise ValueError("length_groups > 1 needs the paper form (theta='prefix') and loop='fast'")
+        self.length_groups = int(length_groups)
         self.sample_logits = None
         if self.sampled_training:
             self.seed_gen = keras.random.SeedGenerator(seed + 3)
@@ -230,13 +244,18 @@ class HCRNN(SequentialRecommender):
             u = u / ops.maximum(ops.expand_dims(n, -1), 1.0)
         return u
 
-    def _encode(self, items, training=False):
-        """Runs the cell; returns ``h [B,T,H]``, ``c [B,T,D]``, θ, mask."""
+    def _cell_inputs(self, items, training=False):
+        """Dropped-out item embeddings ``x [B,T,D]``, θ and the padding mask."""
         mask = ops.not_equal(items, 0)
         e = self.embedding(items) * ops.expand_dims(ops.cast(mask, self.compute_dtype), -1)
         x = self.input_dropout(e, training=training)
         u = self.theta_dropout(self._summary(e, mask), training=training)
         theta = self.global_context(u, mask=mask if self.causal else None, training=training)
+        return x, theta, mask
+
+    def _encode(self, items, training=False):
+        """Runs the cell; returns ``h [B,T,H]``, ``c [B,T,D]``, θ, mask."""
+        x, theta, mask = self._cell_inputs(items, training=training)
         if self.loop == "keras":
             theta_seq = theta if self.causal else ops.expand_dims(theta, 1) * ops.ones_like(x[..., :1])
             inputs = self.cell.project_inputs(ops.concatenate([x, theta_seq], axis=-1))
@@ -244,6 +263,32 @@ class HCRNN(SequentialRecommender):
             return parts["h"], parts["c"], theta, mask
         h_seq, c_seq = self._fast_loop(x, theta)
         return h_seq, c_seq, theta, mask
+
+    def _grouped_readout(self, items, training=False):
+        """Paper-form readout ``[B, S]`` with the recurrence run in ``length_groups``
+        groups of rows sorted by length, each truncated to its longest history.
+        Rows do not interact in the recurrence or the readout, and positions past a
+        row's length are never read, so this equals the one-group readout. A batch
+        with fewer rows than groups runs as one group."""
+        import tensorflow as tf
+
+        x, theta, mask = self._cell_inputs(items, training=training)
+        lengths = lengths_of(items)
+        B = tf.shape(items)[0]
+        k = self.length_groups
+
+        def readout(rows):
+            lens = tf.gather(lengths, rows)
+            T = tf.maximum(tf.reduce_max(lens), 1)
+            h_seq, c_seq = self._fast_loop(tf.gather(x, rows)[:, :T], tf.gather(theta, rows))
+            return self._readout_last(h_seq, c_seq, tf.gather(mask, rows)[:, :T], lens)
+
+        def grouped():
+            order = tf.argsort(lengths, stable=True)
+            parts = [readout(order[(B * j) // k : (B * (j + 1)) // k]) for j in range(k)]
+            return tf.gather(tf.concat(parts, axis=0), tf.math.invert_permutation(order))
+
+        return tf.cond(B >= k, grouped, lambda: readout(tf.range(B)))
 
     def _fast_loop(self, x, theta):
         """The recurrence as one ``tf.while_loop``: the input projections of all steps
@@ -289,6 +334,8 @@ class HCRNN(SequentialRecommender):
         items = inputs["items"]
         if self.causal:
             return super().prefix_logits(inputs, training=training)
+        if self.length_groups > 1:
+            return self.decode(self._grouped_readout(items, training=training), training=training)
         h_seq, c_seq, _, mask = self._encode(items, training=training)
         s = self._readout_last(h_seq, c_seq, mask, lengths_of(items))
         return self.decode(s, training=training)
@@ -491,7 +538,8 @@ class HCRNN(SequentialRecommender):
                 "theta": self.theta, "theta_input": self.theta_input, "two_phase": self.two_phase,
                 "loop": self.loop, "loss": self.loss_name, "num_negatives": self.num_negatives,
                 "sample_alpha": self.sample_alpha, "bpreg": self.bpreg, "elu_param": self.elu_param,
-                "remove_accidental_hits": self.remove_accidental_hits}
+                "remove_accidental_hits": self.remove_accidental_hits,
+                "length_groups": self.length_groups}
 
 
 def plot_explanation(expl: dict, labels: Optional[Sequence[str]] = None, figsize=(10, 8)):
