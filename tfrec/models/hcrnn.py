@@ -58,6 +58,13 @@ def _loss_name(loss: Optional[str]) -> str:
     return n
 
 
+def _steps(seq_tm):
+    """A ``tf.TensorArray`` of the time-major ``seq_tm [T, ...]``, one element per step."""
+    import tensorflow as tf
+
+    return tf.TensorArray(seq_tm.dtype, size=tf.shape(seq_tm)[0], element_shape=seq_tm.shape[1:]).unstack(seq_tm)
+
+
 @register(
     "hcrnn",
     model_config={"variant": 3, "attention": "bi"},
@@ -303,9 +310,12 @@ class HCRNN(SequentialRecommender):
         cell = self.cell
         xp = ops.matmul(x, cell.input_kernel) + cell.bias
         keys = cell.attention_keys(theta)  # [B, K, A] or causal [B, T, K, A]
-        x_tm = tf.transpose(x, (1, 0, 2))
-        xp_tm = tf.transpose(xp, (1, 0, 2))
-        keys_tm = tf.transpose(keys, (1, 0, 2, 3)) if self.causal else None
+        # per-step inputs are read from TensorArrays: indexing a captured tensor in
+        # the loop (x_tm[t]) would make the backward pass add a gradient of the whole
+        # [T, B, ...] tensor at every step (O(T^2 B) memory traffic)
+        x_tm = _steps(tf.transpose(x, (1, 0, 2)))
+        xp_tm = _steps(tf.transpose(xp, (1, 0, 2)))
+        keys_tm = _steps(tf.transpose(keys, (1, 0, 2, 3))) if self.causal else None
         T = tf.shape(x)[1]
         B = tf.shape(x)[0]
         c0 = tf.zeros(tf.stack([B, self.embedding_dim]), x.dtype)
@@ -314,8 +324,8 @@ class HCRNN(SequentialRecommender):
         cs = tf.TensorArray(x.dtype, size=T, element_shape=tf.TensorShape([None, self.embedding_dim]))
 
         def body(t, c, h, hs, cs):
-            k = keys_tm[t] if keys_tm is not None else keys
-            c, h, _ = cell.step_with_keys(x_tm[t], xp_tm[t], k, c, h)
+            k = keys_tm.read(t) if keys_tm is not None else keys
+            c, h, _ = cell.step_with_keys(x_tm.read(t), xp_tm.read(t), k, c, h)
             return t + 1, c, h, hs.write(t, h), cs.write(t, c)
 
         _, _, _, hs, cs = tf.while_loop(lambda t, *_: t < T, body, (tf.constant(0), c0, h0, hs, cs))
