@@ -223,10 +223,9 @@ def is_random_batches(run: dict) -> bool:
     return ":random_batches" in run["key"]
 
 
-def run_key(spec: str, two_phase: bool, random_batches: int) -> str:
-    run = parse_run(spec)
+def run_key(run: dict, two_phase: bool, random_batches: int) -> str:
     return (f"{run['name']}:{run['form']}:{run['seed']}" + (":two_phase" if two_phase else "")
-            + (":random_batches" if random_batches and run["form"] == "paper" else ""))
+            + (":random_batches" if random_batches else ""))
 
 
 def row_key(run: dict) -> str:
@@ -460,14 +459,15 @@ def main(argv=None):
     command = "python benchmarks/hcrnn_table3.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for spec in args.runs:
         run = parse_run(spec)
-        key = run_key(spec, args.two_phase, args.random_batches)
+        random_batches = args.random_batches if run["form"] == "paper" else 0  # paper form only
+        key = run_key(run, args.two_phase, random_batches)
         if args.state_dir and finished_earlier(OUT_JSON, key):
             print(f"=== {spec}: finished earlier (not capped), skipped ===", flush=True)
             continue
         print(f"=== {spec} ===", flush=True)
         res = run_one(run, data, args.budget_minutes * 60, args.max_epochs, args.patience,
                       args.causal_batch, args.two_phase, args.causal_normalizer, args.state_dir,
-                      args.random_batches if run["form"] == "paper" else 0)
+                      random_batches)
         res["key"] = key
         print(json.dumps({k: res[k] for k in ("key", "best_epoch", "epochs_run", "capped", "test",
                                               "seconds_per_epoch")}, default=float), flush=True)

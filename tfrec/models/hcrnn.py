@@ -345,9 +345,10 @@ class HCRNN(SequentialRecommender):
         if self.causal:
             return super().prefix_logits(inputs, training=training)
         if self.length_groups > 1:
-            return self.decode(self._grouped_readout(items, training=training), training=training)
-        h_seq, c_seq, _, mask = self._encode(items, training=training)
-        s = self._readout_last(h_seq, c_seq, mask, lengths_of(items))
+            s = self._grouped_readout(items, training=training)
+        else:
+            h_seq, c_seq, _, mask = self._encode(items, training=training)
+            s = self._readout_last(h_seq, c_seq, mask, lengths_of(items))
         return self.decode(s, training=training)
 
     def encode_sequence(self, inputs, training=False):
