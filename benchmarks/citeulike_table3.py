@@ -35,6 +35,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, command, machine, md_table  # noqa: E402
 
+from tfrec.training.benchmark import format_mean_std, mean_std  # noqa: E402
+
 NAME = "citeulike_table3"
 JSON_PATH = os.path.join(RESULTS, f"{NAME}.json")
 MD_PATH = os.path.join(RESULTS, f"{NAME}.md")
@@ -72,7 +74,8 @@ def locked_results():
 
 
 def summarize(runs: dict) -> dict:
-    """Mean and std (population, ddof=0) over seeds of each metric block.
+    """Mean and std (sample, ddof 1; :func:`tfrec.training.benchmark.mean_std`) over
+    seeds of each metric block.
 
     Runs stopped at the session deadline (``stopped_at_deadline``) are left out of
     the mean when at least one complete run exists, and listed as ``partial_seeds``.
@@ -88,27 +91,25 @@ def summarize(runs: dict) -> dict:
     out = {"seeds": sorted(runs, key=order), "partial_seeds": partial_list}
     for block in ("test", "test_conservative", "valid"):
         vals = {m: [r[block][m] for r in runs.values() if block in r and m in r[block]] for m in METRICS}
-        out[block] = {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-                      for m, v in vals.items() if v}
+        out[block] = {m: mean_std(v) for m, v in vals.items() if v}
     for key in ("seconds_per_epoch", "best_epoch", "epochs_run"):
         v = [r[key] for r in runs.values() if r.get(key) is not None]
         if v:
-            out[key] = {"mean": float(np.mean(v)), "std": float(np.std(v)),
-                        "median": float(np.median(v))}
+            out[key] = {**mean_std(v), "median": float(np.median(v))}
     return out
 
 
 def _pm(block: dict, m: str) -> str:
     if m not in block:
         return ""
-    return f"{block[m]['mean']:.2f} ± {block[m]['std']:.2f}"
+    return format_mean_std(block[m])
 
 
 def render_markdown(payload: dict) -> str:
     rows = payload["rows"]
     lines = ["# HCRNN Table 3, CiteULike column, reproduced with tfrec", ""]
     lines.append("Protocol `hcrnn` (optimistic ties, index 0 ranked, x100); test at the epoch with the "
-                 "best valid R@20. Mean ± std (ddof 0) over the seeds listed (runs cut by the session "
+                 "best valid R@20. Mean ± std (sample std, ddof 1; none for one seed) over the seeds listed (runs cut by the session "
                  "deadline are not averaged in; they are listed under partial runs). "
                  "'best epoch' and 'epochs run' list every run, in seed order. Conservative-tie test "
                  "numbers (rank = 1 + number of scores >= the target's, other than itself) beside.")

@@ -126,6 +126,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfrec.data.specs import load_spec
     from tfrec.evaluation import PROTOCOLS, evaluate
+    from tfrec.training.benchmark import format_mean_std, mean_std
     from tfrec.training.runs import EpochTimer, seconds_per_epoch
 
     protocols = {
@@ -173,14 +174,9 @@ def main(argv=None):
     if args.timing_only:
         return
 
-    def stats(block, m):
-        v = [r[block][m] for r in runs.values()]
-        return {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-
     ms = ("recall@3", "recall@20", "mrr@3", "mrr@20")
-    summary = {k: {m: stats(f"test_{k}", m) for m in ms} for k in protocols}
-    rows = [{"protocol": k, **{m: f"{v[m]['mean']:.2f} ± {v[m]['std']:.2f}" for m in ms}}
-            for k, v in summary.items()]
+    summary = {k: {m: mean_std([r[f"test_{k}"][m] for r in runs.values()]) for m in ms} for k in protocols}
+    rows = [{"protocol": k, **{m: format_mean_std(v[m]) for m in ms}} for k, v in summary.items()]
     spe = float(np.median([r["seconds_per_epoch"] for r in runs.values()]))
     cpus = [r["cpu_seconds_per_epoch"] for r in runs.values() if r.get("cpu_seconds_per_epoch")]
     cpu_spe = float(np.median(cpus)) if cpus else float("nan")
@@ -195,7 +191,7 @@ def main(argv=None):
           (f"Report rewritten from the stored runs with `{command()}`" if args.report_only
            else f"Command: `{command()}`"), "",
           f"Seeds: {', '.join(runs)}; {args.epochs} epochs; test after the last epoch (no selection). "
-          "Mean over seeds below; per-seed numbers in the JSON.", "",
+          "Mean ± std (ddof 1) over seeds below; per-seed numbers in the JSON.", "",
           md_table(rows + [{"protocol": "target (official PyTorch, conservative)", **TARGET}],
                    ["protocol", "recall@3", "recall@20", "mrr@3", "mrr@20"]), "",
           f"Seconds per epoch (median over epochs after the first, training only): {spe:.2f} "

@@ -44,6 +44,8 @@ sys.path.insert(0, HERE)
 from common import git_commit, md_table  # noqa: E402
 from hcrnn_table3 import finished_earlier, fit_resumable, locked_update  # noqa: E402
 
+from tfrec.training.benchmark import format_mean_std, mean_std  # noqa: E402
+
 NAME = "hcrnn_moonshot"
 METRICS = ("recall@3", "recall@20", "mrr@3", "mrr@20")
 #: the causal-form training of benchmarks/hcrnn_table3.py (its Table 3 rows)
@@ -119,8 +121,7 @@ def run_one(variant: str, seed: int, data, budget_s: float, max_epochs: int, pat
 
 
 def _stats(runs, block, m):
-    v = [r[block][m] for r in runs]
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None, "n": len(v)}
+    return mean_std([r[block][m] for r in runs])
 
 
 def summarize(runs: list) -> dict:
@@ -215,9 +216,7 @@ def write_markdown(payload: dict, path_md: str) -> None:
 
 
 def _fmt(st):
-    if not st:
-        return "-"
-    return f"{st['mean']:.2f}" + (f" ± {st['std']:.2f}" if st.get("std") is not None else "")
+    return format_mean_std(st) if st else "-"
 
 
 def _kv(pairs):

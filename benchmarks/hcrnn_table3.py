@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from tfrec.training.benchmark import format_mean_std, mean_std
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 OUT_JSON = os.path.join(RESULTS, "hcrnn_table3.json")
@@ -238,26 +240,32 @@ def row_key(run: dict) -> str:
 
 
 def summarize(runs: list) -> dict:
-    """Rows keyed by :func:`row_key`: mean +- std over seeds."""
+    """Rows keyed by :func:`row_key`: mean ± std (ddof 1) over the seeds of a row.
+
+    Runs capped by the wall-clock budget are not averaged in while the row has a
+    converged run; they are listed as ``partial`` (seed, epochs run, test R@20).
+    """
     groups = {}
     for r in runs:
         groups.setdefault(row_key(r), []).append(r)
     rows = {}
     for key, rs in sorted(groups.items()):
-        test = {m: float(np.mean([r["test"][m] for r in rs])) for m in METRICS}
-        std = {m: float(np.std([r["test"][m] for r in rs], ddof=1)) if len(rs) > 1 else None for m in METRICS}
+        done = [r for r in rs if not r["capped"]]
+        avg = done or rs
         rows[key] = {
             "model": rs[0]["name"], "form": rs[0]["form"], "two_phase": is_two_phase(rs[0]),
             "random_batches": is_random_batches(rs[0]),
-            "seeds": [r["seed"] for r in rs],
-            "test": test, "test_std": std,
-            "valid_recall@20": float(np.mean([r["valid"]["recall@20"] for r in rs])),
-            "best_epochs": [r["best_epoch"] for r in rs], "epochs_run": [r["epochs_run"] for r in rs],
-            "capped": any(r["capped"] for r in rs),
+            "seeds": [r["seed"] for r in avg],
+            "test": {m: mean_std([r["test"][m] for r in avg]) for m in METRICS},
+            "valid_recall@20": float(np.mean([r["valid"]["recall@20"] for r in avg])),
+            "best_epochs": [r["best_epoch"] for r in avg], "epochs_run": [r["epochs_run"] for r in avg],
+            "capped": not done,
+            "partial": [{"seed": r["seed"], "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
+                         "test_recall@20": r["test"]["recall@20"]} for r in rs if done and r["capped"]],
             "seconds_per_epoch": float(np.median([r["seconds_per_epoch"] for r in rs])),
             "paper": PAPER.get(rs[0]["name"]),
-            "test_conservative": ({m: float(np.mean([r["test_conservative"][m] for r in rs])) for m in METRICS}
-                                  if all("test_conservative" in r for r in rs) else None),
+            "test_conservative": ({m: float(np.mean([r["test_conservative"][m] for r in avg])) for m in METRICS}
+                                  if all("test_conservative" in r for r in avg) else None),
         }
     return rows
 
@@ -269,13 +277,18 @@ def write_markdown(data: dict) -> None:
              "Command(s):", ""]
     lines += [f"    {c}" for c in data.get("commands", [])]
     lines += ["", "Machine: " + data.get("machine", ""), "",
+              "Mean ± std (sample std, ddof 1) over the seeds listed; a run capped by the wall-clock "
+              "budget is not averaged in while its row has a converged run (column 'capped, not averaged': "
+              "seed, epochs run, best epoch, test R@20).", "",
               "| row | form | seeds | R@3 | R@20 | M@3 | M@20 | paper R@3/R@20/M@3/M@20 | cons. R@3/R@20/M@3/M@20 "
-              "| best ep / ep run | s/epoch | capped |",
+              "| best ep / ep run | s/epoch | capped, not averaged |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in data.get("rows", {}).items():
         def cell(m):
-            s = r["test_std"][m]
-            return f"{r['test'][m]:.2f}" + (f" ± {s:.2f}" if s is not None else "")
+            return format_mean_std(r["test"][m])
+
+        partial = ", ".join(f"{p['seed']} ({p['epochs_run']} ep, best {p['best_epoch']}, "
+                            f"R@20 {p['test_recall@20']:.2f})" for p in r["partial"])
         p = r["paper"]
         ptxt = "/".join(f"{p[m]:.2f}" for m in METRICS) if p else "-"
         c = r.get("test_conservative")
@@ -283,7 +296,7 @@ def write_markdown(data: dict) -> None:
         lines.append(f"| {key} | {r['form']} | {','.join(map(str, r['seeds']))} | "
                      + " | ".join(cell(m) for m in METRICS)
                      + f" | {ptxt} | {ctxt} | {r['best_epochs']} / {r['epochs_run']} | {r['seconds_per_epoch']:.1f} | "
-                     + ("yes" if r["capped"] else "no") + " |")
+                     + ("all runs capped" if r["capped"] else partial or "no") + " |")
     for t in (data.get("timing"), data.get("timing_two_phase")):
         if not t:
             continue

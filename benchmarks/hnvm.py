@@ -285,13 +285,9 @@ def _curve(r):
     return [h.get("val_recall@5") for h in r.get("history") or [] if h.get("val_recall@5") is not None]
 
 
-def _mean_std(vals):
-    import numpy as np
-
-    return float(np.mean(vals)), float(np.std(vals))
-
-
 def cmd_report(args):
+    from tfrec.training.benchmark import format_mean_std, mean_std
+
     ds, ns = load_data(args)
     runs = {}
     for path in sorted(glob.glob(os.path.join(RUNS, "*.json"))):
@@ -338,8 +334,7 @@ def cmd_report(args):
             if len(ok) > 1:
                 cells = []
                 for c in cols:
-                    m, sdv = _mean_std([r["test"][c] for r in ok.values()])
-                    cells.append(f"{m:.4f} ± {sdv:.4f}")
+                    cells.append(format_mean_std(mean_std([r["test"][c] for r in ok.values()]), 4))
             else:
                 cells = [_fmt(next(iter(ok.values()))["test"].get(c)) for c in cols]
             ep = ", ".join(f"{r.get('best_epoch')} / {r.get('epochs_run')}{'*' if r.get('stopped_at_budget') else ''}"
@@ -350,7 +345,7 @@ def cmd_report(args):
                             for r in ok.values())
             load = ", ".join(f"{r['loadavg_start'][0]:.0f}/{r['loadavg_end'][0]:.0f}" if r.get("loadavg_start")
                              else "" for r in ok.values())
-            name = label(k) + (" (mean ± std over seeds)" if len(ok) > 1 else "")
+            name = label(k) + (" (mean ± sample std over seeds)" if len(ok) > 1 else "")
             md.append(f"| {name} | " + " | ".join(cells) + f" | {','.join(map(str, ok))} | {ep} | {spe} | {cpe} | {load} |")
             if len(ok) > 1:  # the seeds may have had different budgets: show each
                 for sd, r in ok.items():

@@ -209,3 +209,19 @@ def test_bad_training_options_fail_clearly(data):
     m.compile(optimizer="adam")
     with pytest.raises(ValueError, match="dataset has 26 item classes but the model was built for 10"):
         m.fit(data, epochs=1, verbose=0)
+
+
+def test_mean_std_is_the_sample_std_over_seeds():
+    from tfrec.training.benchmark import format_mean_std, mean_std, summarize_runs
+
+    # 1, 2, 3: squared deviations 1 + 0 + 1 over n - 1 = 2 -> std 1 (the population std would be 0.816)
+    assert mean_std([1, 2, 3]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([9.0]) == {"mean": 9.0, "std": None, "n": 1}
+    assert format_mean_std(mean_std([1, 2, 3])) == "2.00 ± 1.00"
+    assert format_mean_std(mean_std([9.0]), 4) == "9.0000"
+    with pytest.raises(ValueError, match="^mean_std needs at least one value$"):
+        mean_std([])
+    runs = [{"test": {"recall@20": 0.2, "targets": 10}}, {"test": {"recall@20": 0.4, "targets": 10}}]
+    s = summarize_runs(runs)
+    assert s["recall@20"]["mean"] == pytest.approx(0.3) and s["recall@20"]["std"] == pytest.approx(0.1 * 2 ** 0.5)  # (0.1² + 0.1²) / 1
+    assert s["targets"] == {"mean": 10.0, "std": 0.0, "n": 2}

@@ -9,18 +9,38 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from tfrec.training.runs import train
+
+def mean_std(values) -> dict:
+    """``{"mean", "std", "n"}`` of a list of per-seed numbers.
+
+    ``std`` is the sample standard deviation (ddof 1), ``None`` for a single value:
+    one seed has no spread to report. Every mean ± std over seeds in tfrec and its
+    benchmarks comes from here.
+
+    Example:
+
+    >>> mean_std([25.70, 25.56, 25.44])["std"]
+    0.13...
+    >>> mean_std([9.0])
+    {'mean': 9.0, 'std': None, 'n': 1}
+    """
+    vals = np.asarray(list(values), dtype=np.float64)
+    if vals.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    return {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
+            "n": int(vals.size)}
+
+
+def format_mean_std(stat: dict, digits: int = 2) -> str:
+    """``"m ± s"`` for a :func:`mean_std` dict, just ``"m"`` when it has one value."""
+    text = f"{stat['mean']:.{digits}f}"
+    return text + (f" ± {stat['std']:.{digits}f}" if stat.get("std") is not None else "")
 
 
 def summarize_runs(runs: list, key: str = "test") -> dict:
-    """``{metric: {"mean": m, "std": s, "n": k}}`` over the runs' ``key`` dicts."""
+    """``{metric: mean_std}`` over the runs' ``key`` dicts (see :func:`mean_std`)."""
     metrics = sorted({m for r in runs for m in (r.get(key) or {}) if isinstance(r[key][m], (int, float))})
-    out = {}
-    for m in metrics:
-        vals = np.array([r[key][m] for r in runs if m in (r.get(key) or {})], dtype=np.float64)
-        out[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                  "n": int(len(vals))}
-    return out
+    return {m: mean_std([r[key][m] for r in runs if m in (r.get(key) or {})]) for m in metrics}
 
 
 def run_seeds(name: str, data, seeds: Iterable[int], model_config: Optional[dict] = None,
@@ -36,6 +56,8 @@ def run_seeds(name: str, data, seeds: Iterable[int], model_config: Optional[dict
     >>> r["summary"]["recall@20"]["n"]
     2
     """
+    from tfrec.training.runs import train  # imports Keras: not needed for the summaries
+
     runs = []
     for seed in seeds:
         fc = dict(fit_config or {})

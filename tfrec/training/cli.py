@@ -8,7 +8,7 @@ import json
 def cmd_benchmark(args):
     from tfrec.cli import _load_data, _parse_kv, format_table
     from tfrec.models import registry
-    from tfrec.training.benchmark import run_seeds
+    from tfrec.training.benchmark import format_mean_std, run_seeds
 
     try:
         registry.get(args.model)
@@ -31,7 +31,7 @@ def cmd_benchmark(args):
     if args.json:
         print(json.dumps(res))
         return
-    row = {"model": args.model, **{k: f"{v['mean']:.4f} ± {v['std']:.4f}" for k, v in res["summary"].items()
+    row = {"model": args.model, **{k: format_mean_std(v, 4) for k, v in res["summary"].items()
                                    if k != "targets"}}
     if res["seconds_per_epoch"] is not None:
         row["s/epoch"] = f"{res['seconds_per_epoch']:.2f}"
