@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from tfrec.training.benchmark import format_mean_std, mean_std
+from tfrec.training.benchmark import format_mean_std
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -245,26 +245,30 @@ def summarize(runs: list) -> dict:
     Runs capped by the wall-clock budget are not averaged in while the row has a
     converged run; they are listed as ``partial`` (seed, epochs run, test R@20).
     """
+    from citeulike_table3 import summarize as table_summary
+
     groups = {}
     for r in runs:
         groups.setdefault(row_key(r), []).append(r)
     rows = {}
     for key, rs in sorted(groups.items()):
-        done = [r for r in rs if not r["capped"]]
-        avg = done or rs
+        # one rule for capped runs, the table's (citeulike_table3.summarize)
+        by_seed = {str(r["seed"]): {**r, "stopped_at_deadline": bool(r["capped"])} for r in rs}
+        s = table_summary(by_seed)
+        avg = [by_seed[k] for k in s["seeds"]]
         rows[key] = {
             "model": rs[0]["name"], "form": rs[0]["form"], "two_phase": is_two_phase(rs[0]),
             "random_batches": is_random_batches(rs[0]),
             "seeds": [r["seed"] for r in avg],
-            "test": {m: mean_std([r["test"][m] for r in avg]) for m in METRICS},
-            "valid_recall@20": float(np.mean([r["valid"]["recall@20"] for r in avg])),
+            "test": s["test"],
+            "valid_recall@20": s["valid"]["recall@20"]["mean"],
             "best_epochs": [r["best_epoch"] for r in avg], "epochs_run": [r["epochs_run"] for r in avg],
-            "capped": not done,
+            "capped": all(r["capped"] for r in rs),
             "partial": [{"seed": r["seed"], "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
-                         "test_recall@20": r["test"]["recall@20"]} for r in rs if done and r["capped"]],
+                         "test_recall@20": r["test"]["recall@20"]} for r in map(by_seed.get, s["partial_seeds"])],
             "seconds_per_epoch": float(np.median([r["seconds_per_epoch"] for r in rs])),
             "paper": PAPER.get(rs[0]["name"]),
-            "test_conservative": ({m: float(np.mean([r["test_conservative"][m] for r in avg])) for m in METRICS}
+            "test_conservative": ({m: s["test_conservative"][m]["mean"] for m in METRICS}
                                   if all("test_conservative" in r for r in avg) else None),
         }
     return rows
